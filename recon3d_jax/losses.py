@@ -1,0 +1,101 @@
+"""Losses: pure functions of arrays. Each term returns PER-INSTANCE values (B,), so that
+instance weights (adaptive instance weighting) can multiply them before the batch reduction.
+
+Depth and normal targets may have holes (missing pixels of a corrupted 2.5D label); validity
+masks exclude them, and whatever the holes hold (even NaN) never reaches the loss or its gradient.
+"""
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TERMS = ('occupancy', 'normal', 'depth', 'silhouette')
+
+# Which terms each study arm switches on (1) or off (0); `arm_weights` scales them. Every arm
+# trains the same model with all heads; the silhouette counts as part of the 2.5D supervision (a
+# foreground mask comes with any depth or normal label), so `vanilla` has the 3D loss only.
+ARMS = {
+    'vanilla': dict(occupancy=1.0, normal=0.0, depth=0.0, silhouette=0.0),
+    'normal': dict(occupancy=1.0, normal=1.0, depth=0.0, silhouette=1.0),
+    'depth': dict(occupancy=1.0, normal=0.0, depth=1.0, silhouette=1.0),
+    'both': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
+}
+
+
+def arm_weights(arm: str, normal_weight: float = 1.0, depth_weight: float = 1.0,
+                silhouette_weight: float = 0.1) -> dict[str, float]:
+  """Loss weights dict(occupancy, normal, depth, silhouette) of a study arm."""
+  if arm not in ARMS:
+    raise ValueError(f'unknown arm {arm!r}; expected one of {sorted(ARMS)}')
+  scale = dict(occupancy=1.0, normal=normal_weight, depth=depth_weight,
+               silhouette=silhouette_weight)
+  return {k: ARMS[arm][k] * scale[k] for k in TERMS}
+
+
+def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean of values (B,H,W) over valid (B,H,W) pixels -> (B,); 0 where none is valid."""
+  valid = valid > 0
+  total = jnp.sum(jnp.where(valid, values, 0.0), axis=(1, 2))
+  return total / jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1)
+
+
+def occupancy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean binary cross-entropy with logits over query points: (B,M), (B,M) in [0,1] -> (B,)."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+
+
+def depth_loss(pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean L1 over valid pixels: (B,H,W) x3 -> (B,); 0 for an instance with no valid pixel."""
+  target = jnp.where(valid > 0, target, 0.0)  # Holes may hold NaN; keep values finite.
+  return _masked_mean(jnp.abs(pred - target), valid)
+
+
+def normal_loss(pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean (1 - cosine similarity) over valid pixels: (B,H,W,3), (B,H,W,3), (B,H,W) -> (B,)."""
+  target = jnp.where(valid[..., None] > 0, target, 0.0)
+  dot = jnp.sum(pred * target, axis=-1)
+  norms = jnp.sum(pred * pred, axis=-1) * jnp.sum(target * target, axis=-1)
+  cos = dot * jax.lax.rsqrt(jnp.maximum(norms, 1e-12))
+  return _masked_mean(1.0 - cos, valid)
+
+
+def silhouette_loss(mask_logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean binary cross-entropy with logits over all pixels: (B,H,W), (B,H,W) -> (B,)."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(mask_logits, mask), axis=(1, 2))
+
+
+def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
+               weights: Mapping[str, float], instance_weights: jax.Array | None = None,
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted sum of all loss terms.
+
+  Args:
+    outputs: model outputs: occ_logits (B,M), depth (B,H,W), normal (B,H,W,3), mask_logits (B,H,W).
+    batch: targets: occ (B,M) labels, depth (B,H,W), normal (B,H,W,3), mask (B,H,W) in {0,1};
+      optional depth_valid / normal_valid (B,H,W), defaulting to mask.
+    weights: one weight per term in TERMS (see `arm_weights`).
+    instance_weights: optional (B,) weights summing to 1; default: the plain batch mean.
+
+  Returns:
+    (scalar loss, stats): stats has 'loss/<term>' (batch mean, logged even when its weight is 0,
+    so arms stay comparable) and 'loss/total'.
+  """
+  if set(weights) != set(TERMS):
+    raise ValueError(
+        f'loss weights must have exactly the keys {list(TERMS)}; got {sorted(weights)}')
+  mask = batch['mask']
+  terms = dict(
+      occupancy=occupancy_loss(outputs['occ_logits'], batch['occ']),
+      normal=normal_loss(outputs['normal'], batch['normal'], batch.get('normal_valid', mask)),
+      depth=depth_loss(outputs['depth'], batch['depth'], batch.get('depth_valid', mask)),
+      silhouette=silhouette_loss(outputs['mask_logits'], mask),
+  )
+  per_instance = sum(weights[k] * terms[k] for k in TERMS)
+  if instance_weights is None:
+    loss = jnp.mean(per_instance)
+  else:
+    loss = jnp.sum(instance_weights * per_instance)
+  stats = {f'loss/{k}': jnp.mean(v) for k, v in terms.items()}
+  stats['loss/total'] = loss
+  return loss, stats

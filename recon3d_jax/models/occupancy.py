@@ -1,0 +1,37 @@
+"""Occupancy Networks-style implicit decoder: (query points, global code) -> occupancy logits."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class FiLMBlock(nn.Module):
+  """Residual FC block, modulated by the code: h (B,M,D), code (B,C) -> (B,M,D)."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array, code: jax.Array) -> jax.Array:
+    scale, shift = jnp.split(nn.Dense(2 * self.hidden, name='film')(code)[:, None], 2, -1)
+    y = nn.Dense(self.hidden)(nn.relu(h))
+    # 1 + scale: a zero modulation is the identity, so the code's effect starts small.
+    y = y * (1 + scale) + shift
+    y = nn.Dense(self.hidden)(nn.relu(y))
+    return h + y
+
+
+class OccupancyDecoder(nn.Module):
+  """Points embedded by a Dense layer, `num_blocks` FiLM residual blocks, Dense to one logit.
+
+  Attributes:
+    hidden: width of every layer.
+    num_blocks: number of code-conditioned residual blocks.
+  """
+  hidden: int
+  num_blocks: int
+
+  @nn.compact
+  def __call__(self, points: jax.Array, code: jax.Array) -> jax.Array:
+    """points (B,M,3) in the viewer-centred object frame, code (B,C) -> logits (B,M)."""
+    h = nn.Dense(self.hidden, name='embed')(points)
+    for _ in range(self.num_blocks):
+      h = FiLMBlock(self.hidden)(h, code)
+    return nn.Dense(1, name='out')(nn.relu(h))[..., 0]

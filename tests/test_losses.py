@@ -1,0 +1,167 @@
+"""Losses against independent numpy formulas; weighting and arm bookkeeping."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recon3d_jax import losses
+
+B, H, W, M = 3, 5, 6, 40
+
+
+def np_bce(x, z):
+  x, z = np.float64(x), np.float64(z)
+  p = 1.0 / (1.0 + np.exp(-x))
+  return -(z * np.log(p) + (1 - z) * np.log1p(-p))
+
+
+def np_masked_mean(values, valid):
+  return np.array([v[m > 0].mean() if (m > 0).any() else 0.0 for v, m in zip(values, valid)])
+
+
+@pytest.fixture(scope='module')
+def data():
+  rng = np.random.default_rng(0)
+  mask = (rng.uniform(size=(B, H, W)) > 0.4).astype(np.float32)
+  mask[1] = 0.0  # An instance with no foreground pixel.
+  outputs = dict(
+      occ_logits=rng.normal(0, 3, (B, M)).astype(np.float32),
+      depth=rng.uniform(1.5, 3.0, (B, H, W)).astype(np.float32),
+      normal=rng.normal(size=(B, H, W, 3)).astype(np.float32),
+      mask_logits=rng.normal(0, 2, (B, H, W)).astype(np.float32),
+  )
+  batch = dict(
+      occ=(rng.uniform(size=(B, M)) > 0.5).astype(np.float32),
+      depth=rng.uniform(1.5, 3.0, (B, H, W)).astype(np.float32),
+      normal=rng.normal(size=(B, H, W, 3)).astype(np.float32),
+      mask=mask,
+  )
+  return outputs, batch
+
+
+def test_occupancy_loss_matches_numpy(data):
+  outputs, batch = data
+  got = losses.occupancy_loss(outputs['occ_logits'], batch['occ'])
+  assert got.shape == (B,)
+  np.testing.assert_allclose(got, np_bce(outputs['occ_logits'], batch['occ']).mean(-1), rtol=1e-5)
+
+
+def test_bce_is_stable_for_large_logits():
+  logits = jnp.array([[100.0, -100.0, 100.0, -100.0]])
+  labels = jnp.array([[1.0, 0.0, 0.0, 1.0]])
+  np.testing.assert_allclose(losses.occupancy_loss(logits, labels), [50.0], rtol=1e-6)
+  grad = jax.grad(lambda x: losses.occupancy_loss(x, labels).sum())(logits)
+  assert np.isfinite(grad).all()
+
+
+def test_silhouette_loss_matches_numpy(data):
+  outputs, batch = data
+  got = losses.silhouette_loss(outputs['mask_logits'], batch['mask'])
+  want = np_bce(outputs['mask_logits'], batch['mask']).mean((1, 2))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_depth_loss_matches_numpy(data):
+  outputs, batch = data
+  got = losses.depth_loss(outputs['depth'], batch['depth'], batch['mask'])
+  want = np_masked_mean(np.abs(outputs['depth'] - batch['depth']), batch['mask'])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert got[1] == 0.0  # The instance without valid pixels.
+
+
+def test_normal_loss_matches_numpy(data):
+  outputs, batch = data
+  p, t = np.float64(outputs['normal']), np.float64(batch['normal'])
+  cos = (p * t).sum(-1) / np.linalg.norm(p, axis=-1) / np.linalg.norm(t, axis=-1)
+  got = losses.normal_loss(outputs['normal'], batch['normal'], batch['mask'])
+  np.testing.assert_allclose(got, np_masked_mean(1 - cos, batch['mask']), rtol=1e-5, atol=1e-6)
+  assert got[1] == 0.0
+
+
+def test_holes_never_reach_loss_or_gradient(data):
+  outputs, batch = data
+  valid = batch['mask'].copy()
+  valid[0, 0, :] = 0.0
+  depth = batch['depth'].copy()
+  depth[0, 0, :] = np.nan
+  normal = batch['normal'].copy()
+  normal[0, 0, :] = np.nan
+
+  def loss(pred_depth, pred_normal):
+    return (losses.depth_loss(pred_depth, depth, valid).sum()
+            + losses.normal_loss(pred_normal, normal, valid).sum())
+
+  value, grads = jax.value_and_grad(loss, argnums=(0, 1))(outputs['depth'], outputs['normal'])
+  assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads)
+  assert not grads[0][0, 0].any() and not grads[1][0, 0].any()
+
+
+def test_arms_and_arm_weights():
+  assert losses.ARMS['vanilla'] == dict(occupancy=1.0, normal=0.0, depth=0.0, silhouette=0.0)
+  assert losses.arm_weights('vanilla') == losses.ARMS['vanilla']
+  assert losses.arm_weights('normal') == dict(occupancy=1.0, normal=1.0, depth=0.0,
+                                              silhouette=0.1)
+  assert losses.arm_weights('depth', depth_weight=2.0) == dict(occupancy=1.0, normal=0.0,
+                                                               depth=2.0, silhouette=0.1)
+  assert losses.arm_weights('both', 0.5, 0.25, 0.2) == dict(occupancy=1.0, normal=0.5,
+                                                            depth=0.25, silhouette=0.2)
+
+
+def test_unknown_arm_lists_valid_arms():
+  with pytest.raises(ValueError, match=r"unknown arm 'nromal'.*'both', 'depth', 'normal'"):
+    losses.arm_weights('nromal')
+
+
+def test_total_loss_is_weighted_sum_of_terms(data):
+  outputs, batch = data
+  weights = losses.arm_weights('both', 0.5, 2.0, 0.3)
+  loss, stats = losses.total_loss(outputs, batch, weights)
+  terms = dict(
+      occupancy=losses.occupancy_loss(outputs['occ_logits'], batch['occ']),
+      normal=losses.normal_loss(outputs['normal'], batch['normal'], batch['mask']),
+      depth=losses.depth_loss(outputs['depth'], batch['depth'], batch['mask']),
+      silhouette=losses.silhouette_loss(outputs['mask_logits'], batch['mask']),
+  )
+  per_instance = sum(weights[k] * np.asarray(v) for k, v in terms.items())
+  np.testing.assert_allclose(loss, per_instance.mean(), rtol=1e-5)
+  assert set(stats) == {'loss/occupancy', 'loss/normal', 'loss/depth', 'loss/silhouette',
+                        'loss/total'}
+  for k, v in terms.items():
+    np.testing.assert_allclose(stats[f'loss/{k}'], np.mean(v), rtol=1e-5)
+
+  instance_weights = np.array([0.7, 0.1, 0.2], np.float32)
+  weighted, _ = losses.total_loss(outputs, batch, weights, instance_weights)
+  np.testing.assert_allclose(weighted, (instance_weights * per_instance).sum(), rtol=1e-5)
+  uniform, _ = losses.total_loss(outputs, batch, weights, np.full(B, 1 / B, np.float32))
+  np.testing.assert_allclose(uniform, loss, rtol=1e-5)
+
+
+def test_zero_weight_terms_are_logged_but_inert(data):
+  outputs, batch = data
+  grad_fn = jax.grad(losses.total_loss, has_aux=True)
+  grads, stats = grad_fn(outputs, batch, losses.arm_weights('vanilla'))
+  for k in ('depth', 'normal', 'mask_logits'):
+    assert not np.asarray(grads[k]).any(), k
+  assert stats['loss/depth'] > 0 and stats['loss/normal'] > 0
+  # Changing the 2.5D predictions leaves the vanilla loss unchanged.
+  other = dict(outputs, depth=outputs['depth'] + 1.0, mask_logits=-outputs['mask_logits'])
+  np.testing.assert_array_equal(losses.total_loss(other, batch, losses.ARMS['vanilla'])[0],
+                                losses.total_loss(outputs, batch, losses.ARMS['vanilla'])[0])
+  grads, _ = grad_fn(outputs, batch, losses.arm_weights('both'))
+  assert all(np.asarray(grads[k]).any() for k in ('depth', 'normal', 'mask_logits'))
+
+
+def test_validity_masks_default_to_mask(data):
+  outputs, batch = data
+  weights = losses.arm_weights('both')
+  explicit = dict(batch, depth_valid=batch['mask'], normal_valid=batch['mask'])
+  np.testing.assert_array_equal(losses.total_loss(outputs, explicit, weights)[0],
+                                losses.total_loss(outputs, batch, weights)[0])
+  holes = dict(batch, depth_valid=np.zeros_like(batch['mask']))
+  assert losses.total_loss(outputs, holes, weights)[1]['loss/depth'] == 0.0
+
+
+def test_weights_must_name_every_term(data):
+  outputs, batch = data
+  with pytest.raises(ValueError, match='exactly the keys'):
+    losses.total_loss(outputs, batch, dict(occupancy=1.0, normals=1.0))
