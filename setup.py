@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "ml_collections>=1.0,<2",
     "tensorflow-datasets>=4.9.7,<5",  # used without TensorFlow: array_record + data_source
     "array_record>=0.7,<0.9",
+    "importlib_resources>=6",  # TFDS needs it to locate a builder defined in a package.
     "grain>=0.2.10,<0.3",
     "numpy>=1.26,<3",
     "scipy>=1.15,<2",

@@ -6,3 +6,14 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+  """The `runlocal` default config with a session-wide data dir (the dataset is built once)."""
+  from configs import default
+  config = default.get_config("runlocal")
+  config.data.data_dir = str(tmp_path_factory.mktemp("data_dir"))
+  return config

@@ -1,0 +1,69 @@
+"""The embedded default: primitives rendered on the fly, a ResNet-10 encoder, the `normal` arm.
+
+Usage:
+  python -m recon3d_jax.main --config=configs/default.py --workdir=/tmp/run
+  python -m recon3d_jax.main --config=configs/default.py:arm=depth --workdir=/tmp/run_depth
+  python -m recon3d_jax.main --config=configs/default.py:runlocal --workdir=/tmp/tiny
+
+`runlocal` shrinks everything to a smoke test (seconds of training; used by the tests).
+"""
+from recon3d_jax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, arm="normal", encoder="resnet10", seed=0)
+  c = config_lib.ml_collections.ConfigDict()
+  c.seed = arg.seed
+  c.arm = arg.arm  # vanilla | normal | depth | both (recon3d_jax.losses.ARMS)
+
+  c.data = dict(
+      domain="primitives",
+      data_dir="./data_dir",  # TFDS data dir; built on first use, then reused.
+      build_seed=0,  # Seed of the procedurally generated dataset (not of training).
+      num_train=4000,
+      num_validation=100,
+      num_test=200,
+      image_size=64,
+      num_surface_points=2048,
+      num_uniform_points=2048,
+      num_near_points=2048,
+      points_per_step=1024,  # Occupancy query points sampled per instance per step.
+      voxel_resolution=32,
+  )
+  c.model = dict(
+      encoder=arg.encoder, encoder_width=32, code_dim=128, head_width=32,
+      decoder_hidden=128, decoder_blocks=3)
+  c.loss = dict(normal_weight=1.0, depth_weight=1.0, silhouette_weight=0.1)
+  c.optimizer = dict(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=100, clip_norm=1.0)
+
+  c.batch_size = 32  # Global batch, split over all devices.
+  c.total_steps = 1500
+  c.log_every_steps = 50
+  c.eval_every_steps = 500  # Validation losses + IoU during training.
+  c.checkpoint_every_steps = 250
+  c.keep_checkpoints = 3
+
+  c.eval = dict(
+      grid_resolution=32,  # Occupancy grid for marching cubes (points per side of the 1.1 box).
+      num_pred_points=2048,  # Area-uniform samples on the predicted mesh.
+      threshold_candidates=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),  # Chosen on validation.
+      max_instances=200,  # Per split, for the final evaluation.
+      batch_size=32,
+      num_picture_instances=6,
+  )
+
+  if arg.runlocal:
+    c.data.update(num_train=48, num_validation=8, num_test=8, image_size=32,
+                  num_surface_points=512, num_uniform_points=512, num_near_points=512,
+                  points_per_step=256)
+    c.model.update(encoder_width=8, code_dim=32, head_width=8, decoder_hidden=32,
+                   decoder_blocks=2)
+    c.optimizer.warmup_steps = 2
+    c.batch_size = 8
+    c.total_steps = 8
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 4
+    c.eval.update(grid_resolution=16, num_pred_points=512, max_instances=8, batch_size=8,
+                  num_picture_instances=2)
+  return c

@@ -1,0 +1,140 @@
+"""Config helpers: parse `file.py:key=val,...` arguments and validate a config before a run.
+
+Validation lives here (not in the model or loss code, which never read configs) so that every
+entry point - `main`, the evaluation entry, notebooks - fails early with one clear message.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value or key that is not what the experiment expects."""
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses a `get_config` argument such as "runlocal,arm=depth" (big_vision style).
+
+  A bare word sets a boolean default to True; `key=value` converts value to the default's type.
+  Keys must be among `defaults`; anything else is an error naming the valid keys.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise ConfigError(
+          f"unknown config argument {key!r}{_suggest(key, defaults)}; "
+          f"expected one of {sorted(defaults)}")
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ConfigError(f"config argument {key!r} needs a value ({key}=...)")
+      result[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"config argument {key}={value!r}: expected true or false")
+      result[key] = value.lower() in ("true", "1")
+    else:
+      try:
+        result[key] = type(default)(value)
+      except ValueError:
+        raise ConfigError(
+            f"config argument {key}={value!r}: expected a {type(default).__name__}") from None
+  return result
+
+
+def _suggest(name: str, options: Iterable[str]) -> str:
+  close = difflib.get_close_matches(name, list(options), n=3)
+  return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Returns a copy of config with dotted-key overrides applied; unknown keys are an error."""
+  valid = flatten(config.to_dict())
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    if key not in valid:
+      raise ConfigError(f"unknown config key {key!r}{_suggest(key, valid)}")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _positive_ints(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
+  flat = flatten(config.to_dict())
+  for key in keys:
+    value = flat[key]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+             f"config.{key}={value!r}: expected a positive integer")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks names, sizes and divisibility; raises ConfigError naming the bad value."""
+  from recon3d_jax import losses, models  # Local: keeps config parsing import-light.
+  from recon3d_jax.data import pipeline
+
+  _require(config.arm in losses.ARMS,
+           f"config.arm={config.arm!r}: expected one of {sorted(losses.ARMS)}")
+  _require(config.model.encoder in models.ENCODERS,
+           f"config.model.encoder={config.model.encoder!r}: expected one of "
+           f"{sorted(models.ENCODERS)}")
+  _require(config.data.domain in pipeline.DOMAINS,
+           f"config.data.domain={config.data.domain!r}: expected one of {sorted(pipeline.DOMAINS)}")
+  _positive_ints(config, [
+      "batch_size", "total_steps", "log_every_steps", "eval_every_steps",
+      "checkpoint_every_steps", "keep_checkpoints", "data.num_train", "data.num_validation",
+      "data.num_test", "data.image_size", "data.num_surface_points", "data.num_uniform_points",
+      "data.num_near_points", "data.points_per_step", "data.voxel_resolution",
+      "model.encoder_width", "model.code_dim", "model.head_width", "model.decoder_hidden",
+      "model.decoder_blocks", "eval.grid_resolution", "eval.num_pred_points",
+      "eval.max_instances", "eval.batch_size"])
+  _require(config.data.image_size % 16 == 0,
+           f"config.data.image_size={config.data.image_size}: expected a multiple of 16 "
+           "(the encoder halves the resolution four times)")
+  _require(config.data.points_per_step <= config.data.num_uniform_points
+           + config.data.num_near_points,
+           f"config.data.points_per_step={config.data.points_per_step}: expected at most "
+           "num_uniform_points + num_near_points")
+  for key in ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.clip_norm",
+              "loss.normal_weight", "loss.depth_weight", "loss.silhouette_weight"):
+    value = flatten(config.to_dict())[key]
+    _require(isinstance(value, (int, float)) and value >= 0,
+             f"config.{key}={value!r}: expected a non-negative number")
+  _require(0 <= config.optimizer.warmup_steps < config.total_steps,
+           f"config.optimizer.warmup_steps={config.optimizer.warmup_steps}: expected 0 <= "
+           f"warmup_steps < total_steps={config.total_steps}")
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates workdir if needed; raises ConfigError if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} cannot be created: {e.strerror}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f"workdir {workdir!r} is not writable; expected a writable directory")

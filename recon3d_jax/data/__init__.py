@@ -1,0 +1,1 @@
+"""Datasets: procedural scenes -> TFDS (array_record) -> grain input pipeline."""

@@ -1,0 +1,243 @@
+"""Evaluation: per-instance 3D and 2.5D metrics, the eval-only entry, and `load` for notebooks.
+
+    python -m recon3d_jax.evaluate --workdir=DIR        # re-evaluates a trained run
+
+    from recon3d_jax import evaluate
+    model, params, config = evaluate.load("DIR")
+
+Protocol (DESIGN.md section 7): the occupancy threshold - used for IoU and as the marching-cubes
+level - is chosen on the validation split only, by mean IoU over config.eval.threshold_candidates.
+Each instance's occupancy is then evaluated on a grid of eval.grid_resolution^3 points spanning
+the 1.1 box, meshed by marching cubes, and eval.num_pred_points area-uniform samples of the mesh
+are compared with the stored ground-truth surface samples. Results: WORKDIR/eval/<split>.jsonl
+(one row per instance, keyed by its dataset index so arms can be paired), eval/summary.json,
+and eval/<split>.png.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+
+from recon3d_jax import config_lib, losses, metrics, sharding, visualize
+from recon3d_jax.data import pipeline
+
+GRID_CHUNK = 8192  # Query points per decoder call when filling the occupancy grid.
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted model calls (cached per model so repeated evaluations do not retrace).
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _forward(model):
+  return jax.jit(lambda params, images, points: model.apply({"params": params}, images, points))
+
+
+@functools.lru_cache(maxsize=None)
+def _grid_probs(model, resolution: int):
+  """Returns fn(params, images (B,H,W,3)) -> occupancy probabilities (B,R,R,R) on the grid."""
+  axis = np.linspace(-metrics.BOX_SIZE / 2, metrics.BOX_SIZE / 2, resolution, dtype=np.float32)
+  grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+  pad = -len(grid) % GRID_CHUNK
+  chunks = np.pad(grid, ((0, pad), (0, 0))).reshape(-1, GRID_CHUNK, 3)
+
+  @jax.jit
+  def fn(params, images):
+    code = model.apply({"params": params}, images, method=type(model).encode)
+
+    def decode(chunk):
+      points = jnp.broadcast_to(chunk, (code.shape[0],) + chunk.shape)
+      return model.apply({"params": params}, code, points, method=type(model).decode_occupancy)
+
+    logits = jax.lax.map(decode, chunks)  # (num_chunks, B, GRID_CHUNK)
+    logits = jnp.moveaxis(logits, 1, 0).reshape(code.shape[0], -1)[:, :len(grid)]
+    return jax.nn.sigmoid(logits).reshape((-1,) + (resolution,) * 3)
+
+  return fn
+
+
+def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None) -> dict:
+  """Model outputs for an eval batch on the mesh, as numpy, padding removed.
+
+  Returns depth, normal, mask_logits (B,H,W[,3]), occ_logits and occ_prob (B,Mu) at
+  batch["points_uniform"] and, if grid_resolution is given, grid (B,R,R,R) occupancy
+  probabilities.
+  """
+  padded, n = sharding.pad_batch(
+      {"image": batch["image"], "points": batch["points_uniform"]}, mesh.size)
+  sharded = sharding.shard_batch(padded, mesh)
+  out = _forward(model)(params, sharded["image"], sharded["points"])
+  result = dict(depth=out["depth"], normal=out["normal"], mask_logits=out["mask_logits"],
+                occ_logits=out["occ_logits"], occ_prob=jax.nn.sigmoid(out["occ_logits"]))
+  if grid_resolution:
+    result["grid"] = _grid_probs(model, grid_resolution)(params, sharded["image"])
+  return {k: np.asarray(v)[:n] for k, v in result.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# During training: validation losses and IoU.
+# ---------------------------------------------------------------------------------------------
+def validation_losses(model, params, config: ml_collections.ConfigDict, source, mesh) -> dict:
+  """Mean loss terms (all arms' terms, unweighted) and IoU@0.5 over the validation split."""
+  rows = []
+  for batch, pred in _split_predictions(model, params, config, source, mesh, grid=False):
+    occ = batch["occ_uniform"].astype(np.float32)
+    terms = {
+        "occupancy": losses.occupancy_loss(pred["occ_logits"], occ),
+        "depth": losses.depth_loss(pred["depth"], batch["depth"], batch["mask"]),
+        "normal": losses.normal_loss(pred["normal"], batch["normal"], batch["mask"]),
+        "silhouette": losses.silhouette_loss(pred["mask_logits"], batch["mask"]),
+    }
+    for i in range(len(occ)):
+      row = {f"val/loss/{k}": float(v[i]) for k, v in terms.items()}
+      row["val/iou@0.5"] = metrics.occupancy_metrics(pred["occ_prob"][i], occ[i] > 0)["iou"]
+      rows.append(row)
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Final evaluation.
+# ---------------------------------------------------------------------------------------------
+def instance_metrics(pred: dict, example: dict, threshold: float, num_pred_points: int,
+                     rng: np.random.Generator) -> dict:
+  """All metrics of one instance. pred: outputs of `predict` for it; example: its record."""
+  labels = example["occ_uniform"] > 0
+  row = dict(metrics.occupancy_metrics(pred["occ_prob"], labels, threshold))
+  row["ece"] = metrics.expected_calibration_error(pred["occ_prob"], labels)
+  vertices, faces = metrics.mesh_from_occupancy(pred["grid"], threshold)
+  points, normals = metrics.sample_surface(vertices, faces, num_pred_points, rng)
+  row.update(metrics.pointcloud_metrics(points, normals, example["surface_points"],
+                                        example["surface_normals"]))
+  foreground = example["mask"] > 0.5
+  row.update(metrics.depth_metrics(pred["depth"], example["depth"], foreground))
+  row.update(metrics.normal_metrics(pred["normal"], example["normal"], foreground))
+  return row
+
+
+def _split_predictions(model, params, config, source, mesh, grid: bool):
+  """Yields (batch, predictions) over the split's first eval.max_instances instances."""
+  for batch in pipeline.eval_batches(source, config.eval.batch_size, config.eval.max_instances):
+    yield batch, predict(model, params, batch, mesh,
+                         config.eval.grid_resolution if grid else None)
+
+
+def choose_threshold(model, params, config, validation_source, mesh) -> float:
+  """Occupancy threshold maximising mean validation IoU (never looks at test)."""
+  probs, labels = [], []
+  for batch, pred in _split_predictions(model, params, config, validation_source, mesh, False):
+    probs.extend(pred["occ_prob"])
+    labels.extend(batch["occ_uniform"] > 0)
+  return metrics.select_threshold(probs, labels, list(config.eval.threshold_candidates))
+
+
+def evaluate_split(model, params, config, source, mesh, threshold: float) -> tuple[list, dict]:
+  """Per-instance rows of one split, plus the first batch's data for the picture."""
+  rows, picture = [], None
+  for batch, pred in _split_predictions(model, params, config, source, mesh, True):
+    for i in range(len(batch["image"])):
+      example = {k: v[i] for k, v in batch.items()}
+      rng = np.random.default_rng([config.seed, int(example["index"])])
+      row = {"index": int(example["index"]), "kind": int(example["kind"])}
+      row.update(instance_metrics({k: v[i] for k, v in pred.items()}, example, threshold,
+                                  config.eval.num_pred_points, rng))
+      rows.append(row)
+    if picture is None:
+      picture = (batch, pred)
+  return rows, picture
+
+
+def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir: str, sources,
+                       mesh, splits=("validation", "test")) -> dict:
+  """Chooses the threshold on validation, evaluates `splits`, writes WORKDIR/eval/*.
+
+  Returns the test summary: metric means plus threshold and instance count.
+  """
+  eval_dir = os.path.join(workdir, "eval")
+  os.makedirs(eval_dir, exist_ok=True)
+  threshold = choose_threshold(model, params, config, sources["validation"], mesh)
+  logging.info("Occupancy threshold chosen on validation: %.2f", threshold)
+  summary = {"threshold": threshold}
+  for split in splits:
+    rows, (batch, pred) = evaluate_split(model, params, config, sources[split], mesh, threshold)
+    _write_jsonl(os.path.join(eval_dir, f"{split}.jsonl"), rows)
+    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("index", "kind")}
+    summary[split] = dict(means, num_instances=len(rows))
+    visualize.save_prediction_grid(os.path.join(eval_dir, f"{split}.png"), batch, pred, threshold,
+                                   config.eval.num_picture_instances)
+    logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d)", split, means["iou"],
+                 means["fscore@0.02"], means["chamfer_l1"], len(rows))
+  _write_json(os.path.join(eval_dir, "summary.json"), summary)
+  return dict(summary["test"], threshold=threshold) if "test" in summary else summary
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)  # Atomic: a reader never sees half a file.
+
+
+def _write_json(path: str, obj: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained run.
+# ---------------------------------------------------------------------------------------------
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json; expected the workdir "
+                                 "of a training run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load(workdir: str, step: int | None = None, mesh=None):
+  """Restores a run: returns (model, params, config). Latest checkpoint unless `step` is given."""
+  from recon3d_jax import train  # Local: train imports this module.
+  config = load_config(workdir)
+  config.eval.threshold_candidates = tuple(config.eval.threshold_candidates)
+  mesh = mesh or sharding.make_mesh()
+  model, tx = train.build_model(config), train.make_optimizer(config)
+  abstract = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+      abstract)
+  manager = train.checkpoint_manager(workdir, config)
+  step = step if step is not None else manager.latest_step()
+  if step is None:
+    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint; expected a trained run")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))
+  return model, restored["state"]["params"], config
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> None:
+  del argv
+  try:
+    model, params, config = load(FLAGS.workdir)
+    evaluate_and_write(model, params, config, FLAGS.workdir,
+                       pipeline.load_sources(config.data), sharding.make_mesh())
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Workdir of a training run to (re-)evaluate.")
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

@@ -1,0 +1,225 @@
+"""Training: create_train_state, make_train_step, train_and_evaluate.
+
+Data parallel over all devices: batches sharded over the mesh's `data` axis, state replicated
+(see sharding.py). The loop is one readable function; periodic actions go through `_is_time`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import grain.python as grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from recon3d_jax import config_lib, evaluate, losses, models, sharding, writers
+from recon3d_jax.data import pipeline
+
+State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
+
+# Config keys that may change when a run is resumed; anything else must match the checkpoint.
+RESUMABLE_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
+                  "checkpoint_every_steps", "keep_checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, optimizer and state.
+# ---------------------------------------------------------------------------------------------
+def build_model(config: ml_collections.ConfigDict) -> models.ReconModel:
+  return models.ReconModel(**config.model)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warmup + cosine decay, after global-norm gradient clipping."""
+  o = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=config.total_steps, end_value=o.learning_rate * 0.01)
+  return optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                     optax.adamw(schedule, weight_decay=o.weight_decay))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.ReconModel,
+                       tx: optax.GradientTransformation, mesh: Mesh) -> State:
+  """Initialises parameters from config.seed, replicated over the mesh."""
+  size = config.data.image_size
+  images = jnp.zeros((1, size, size, 3), jnp.float32)
+  points = jnp.zeros((1, config.data.points_per_step, 3), jnp.float32)
+
+  def init():
+    # The rbg PRNG compiles init several times faster than threefry on CPU.
+    params = model.init(jax.random.key(config.seed, impl="rbg"), images, points)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def make_train_step(model: models.ReconModel, tx: optax.GradientTransformation,
+                    loss_weights: dict[str, float]) -> Callable[[State, dict], tuple[State, dict]]:
+  """Returns train_step(state, batch) -> (new state, scalar stats). Pure; jit it."""
+
+  def train_step(state: State, batch: dict) -> tuple[State, dict]:
+    def loss_fn(params):
+      outputs = model.apply({"params": params}, batch["image"], batch["points"])
+      return losses.total_loss(outputs, batch, loss_weights)
+
+    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    stats = dict(stats, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, stats
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh: Mesh):
+  """Jits train_step over the mesh: state replicated and donated, batch sharded on `data`."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, sharding.data_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def count_params(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def loss_weights_for(config: ml_collections.ConfigDict) -> dict[str, float]:
+  return losses.arm_weights(config.arm, normal_weight=config.loss.normal_weight,
+                            depth_weight=config.loss.depth_weight,
+                            silhouette_weight=config.loss.silhouette_weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+# ---------------------------------------------------------------------------------------------
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """Atomic Orbax checkpoints of {state, data iterator} in WORKDIR/checkpoints."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+
+
+def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError if WORKDIR/config.json (of an earlier run) differs where it matters."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = config_lib.flatten(json.load(f))
+  current = config_lib.flatten(json.loads(config.to_json()))
+  differing = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  if differing:
+    details = ", ".join(f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
+                        for k in differing[:5])
+    raise config_lib.ConfigError(
+        f"workdir {workdir!r} holds a run with an incompatible config ({details}); "
+        "expected the same config to resume, or use a new workdir")
+
+
+def _is_time(step: int, every_steps: int, total_steps: int) -> bool:
+  """The one place that decides whether a periodic action (log/eval/save) happens at `step`."""
+  return step % every_steps == 0 or step == total_steps
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: Mesh | None = None) -> State:
+  """Trains (resuming from WORKDIR's latest checkpoint if any), then evaluates on test."""
+  config_lib.validate(config)
+  config_lib.check_workdir(workdir)
+  mesh = mesh or sharding.make_mesh()
+  if config.batch_size % mesh.size:
+    raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
+                                 f"of the device count {mesh.size}")
+  check_compatible(workdir, config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+  # ----------------------------------------------------------------------------- data + state
+  sources = pipeline.load_sources(config.data)
+  loader = pipeline.train_loader(sources["train"], global_batch_size=config.batch_size,
+                                 points_per_step=config.data.points_per_step, seed=config.seed)
+  data_iter = iter(loader)
+  model, tx = build_model(config), make_optimizer(config)
+  state = create_train_state(config, model, tx, mesh)
+  logging.info("Model parameters: %d", count_params(state["params"]))
+
+  manager = checkpoint_manager(workdir, config)
+  start = manager.latest_step() or 0
+  if start:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.PyGrainCheckpointRestore(data_iter)))
+    state = restored["state"]
+    _truncate_metrics(workdir, start)
+    logging.info("Resumed from step %d.", start)
+
+  train_step = jit_train_step(make_train_step(model, tx, loss_weights_for(config)), mesh)
+  writer = writers.MetricWriter(workdir)
+  pending: list[tuple[int, dict]] = []  # Device-side stats not yet checked / written.
+
+  # ----------------------------------------------------------------------------- loop
+  try:
+    with tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
+              dynamic_ncols=True) as bar:
+      for step in range(start + 1, config.total_steps + 1):
+        state, stats = train_step(state, sharding.shard_batch(next(data_iter), mesh))
+        pending.append((step, stats))
+        bar.update(1)
+        log_now = _is_time(step, config.log_every_steps, config.total_steps)
+        save_now = _is_time(step, config.checkpoint_every_steps, config.total_steps)
+        if log_now or save_now:
+          # Checking before every save keeps non-finite parameters out of checkpoints.
+          pending_host = [(s, jax.device_get(x)) for s, x in pending]
+          pending.clear()
+          _raise_if_not_finite(pending_host, manager)
+          if log_now:
+            last_step, last = pending_host[-1]
+            writer.write(last_step, {f"train/{k}": v for k, v in last.items()})
+            bar.set_postfix(loss=f"{float(last['loss/total']):.4f}")
+        if save_now:
+          manager.save(step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), data=grain.PyGrainCheckpointSave(data_iter)))
+        if _is_time(step, config.eval_every_steps, config.total_steps):
+          writer.write(step, evaluate.validation_losses(model, state["params"], config,
+                                                        sources["validation"], mesh))
+  finally:
+    manager.wait_until_finished()  # Whatever stops the loop, in-flight checkpoints complete.
+
+  # ----------------------------------------------------------------------------- final eval
+  summary = evaluate.evaluate_and_write(model, state["params"], config, workdir, sources, mesh)
+  writer.write(config.total_steps, {f"test/{k}": v for k, v in summary.items()
+                                    if isinstance(v, (int, float))})
+  writer.close()
+  return state
+
+
+def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointManager) -> None:
+  for step, values in stats:
+    if not np.isfinite(values["loss/total"]):
+      raise FloatingPointError(
+          f"non-finite loss ({values['loss/total']}) at step {step}; stopping. The last good "
+          f"checkpoint (step {manager.latest_step()}) is kept.")
+
+
+def _truncate_metrics(workdir: str, step: int) -> None:
+  """Drops metric rows after the restored step: the resumed run rewrites them identically."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    rows = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)

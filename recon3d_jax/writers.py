@@ -1,0 +1,34 @@
+"""Metric writer: one call writes a step's scalars to metrics.jsonl and TensorBoard."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import tensorboardX
+
+
+class MetricWriter:
+  """Appends {"step", "time", **scalars} lines to WORKDIR/metrics.jsonl and TB event files."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict) -> None:
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    with open(self._path, "a") as f:
+      f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+    for key, value in scalars.items():
+      self._tb.add_scalar(key.replace("@", "_at_"), value, step)  # TB tags cannot hold "@".
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,168 @@
+"""End-to-end training: artifacts, exact resume, data parallelism, NaN stop, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from recon3d_jax import config_lib, evaluate, sharding, train, writers
+from recon3d_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _copy(config, **overrides):
+  return config_lib.apply_overrides(config, overrides)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_config, tmp_path_factory):
+  """One full tiny run: (workdir, final state)."""
+  workdir = str(tmp_path_factory.mktemp("run_a"))
+  return workdir, train.train_and_evaluate(tiny_config, workdir)
+
+
+def test_run_writes_logs_checkpoints_and_evaluation(uninterrupted, tiny_config):
+  workdir, state = uninterrupted
+  assert int(state["step"]) == tiny_config.total_steps
+  rows = writers.read_metrics(workdir)
+  train_steps = [r["step"] for r in rows if "train/loss/total" in r]
+  assert train_steps == list(range(2, tiny_config.total_steps + 1, 2))
+  assert any("val/iou@0.5" in r for r in rows)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["arm"] == tiny_config.arm
+  for split in ("validation", "test"):
+    with open(os.path.join(workdir, "eval", f"{split}.jsonl")) as f:
+      instance_rows = [json.loads(line) for line in f]
+    assert len(instance_rows) == 8
+    assert len({r["index"] for r in instance_rows}) == 8
+    for r in instance_rows:
+      assert all(np.isfinite(v) for v in r.values())
+      assert 0 <= r["iou"] <= 1 and 0 <= r["fscore@0.02"] <= 1
+    assert os.path.getsize(os.path.join(workdir, "eval", f"{split}.png")) > 10_000
+  with open(os.path.join(workdir, "eval", "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["threshold"] in tiny_config.eval.threshold_candidates
+  assert summary["test"]["num_instances"] == 8
+
+
+def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_config, tmp_path,
+                                                         monkeypatch):
+  workdir_a, state_a = uninterrupted
+  workdir = str(tmp_path / "run_b")
+  original_write = writers.MetricWriter.write
+
+  def crash_at_step_6(self, step, scalars):
+    if step == 6:
+      raise KeyboardInterrupt("simulated crash")
+    original_write(self, step, scalars)
+
+  monkeypatch.setattr(writers.MetricWriter, "write", crash_at_step_6)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny_config, workdir)
+  assert train.checkpoint_manager(workdir, tiny_config).latest_step() == 4
+  monkeypatch.undo()
+
+  state_b = train.train_and_evaluate(tiny_config, workdir)  # The same call resumes.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a["params"]),
+               jax.device_get(state_b["params"]))
+  # The resumed run's log has each step once, and matches the uninterrupted one.
+  loss = lambda w: [(r["step"], r["train/loss/total"]) for r in writers.read_metrics(w)
+                    if "train/loss/total" in r]
+  assert loss(workdir) == loss(workdir_a)
+
+
+def test_one_and_eight_devices_give_the_same_step(tiny_config):
+  assert jax.device_count() == 8
+  config = tiny_config
+  source = pipeline.load_sources(config.data)["train"]
+  batch = next(iter(pipeline.train_loader(source, global_batch_size=8,
+                                          points_per_step=config.data.points_per_step, seed=0)))
+  model, tx = train.build_model(config), train.make_optimizer(config)
+  step_fn = train.make_train_step(model, tx, train.loss_weights_for(config))
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.make_mesh(devices)
+    state = train.create_train_state(config, model, tx, mesh)
+    state, stats = train.jit_train_step(step_fn, mesh)(state, sharding.shard_batch(batch, mesh))
+    results.append((jax.device_get(stats), jax.device_get(state["params"])))
+  (stats1, params1), (stats8, params8) = results
+  for key in stats1:
+    np.testing.assert_allclose(stats1[key], stats8[key], rtol=1e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params1, params8)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
+                                                                        monkeypatch):
+  make_step = train.make_train_step
+
+  def poisoned(*args):
+    step_fn = make_step(*args)
+
+    def step(state, batch):
+      new_state, stats = step_fn(state, batch)
+      bad = state["step"] >= 4  # Steps 5+ report NaN.
+      stats["loss/total"] = jax.numpy.where(bad, jax.numpy.nan, stats["loss/total"])
+      return new_state, stats
+    return step
+
+  monkeypatch.setattr(train, "make_train_step", poisoned)
+  workdir = str(tmp_path)
+  with pytest.raises(FloatingPointError, match="at step 5"):
+    train.train_and_evaluate(tiny_config, workdir)
+  assert train.checkpoint_manager(workdir, tiny_config).latest_step() == 4
+  _, params, _ = evaluate.load(workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"arm": "normals"}, "config.arm='normals': expected one of"),
+    ({"model.encoder": "resnet99"}, "config.model.encoder='resnet99': expected one of"),
+    ({"data.num_train": -5}, "config.data.num_train=-5: expected a positive integer"),
+    ({"batch_size": 6}, "config.batch_size=6: expected a multiple of the device count 8"),
+])
+def test_bad_config_values_are_named(tiny_config, tmp_path, overrides, message):
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
+    train.train_and_evaluate(_copy(tiny_config, **overrides), str(tmp_path))
+
+
+def test_misspelt_override_key_is_named(tiny_config):
+  with pytest.raises(config_lib.ConfigError, match="'data.num_trian' .*did you mean 'data.num_train'"):
+    _copy(tiny_config, **{"data.num_trian": 5})
+
+
+def test_unwritable_workdir(tiny_config, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(config_lib.ConfigError, match="cannot be created"):
+    train.train_and_evaluate(tiny_config, str(blocker / "run"))
+
+
+def test_incompatible_checkpoint_is_refused(uninterrupted, tiny_config):
+  workdir, _ = uninterrupted
+  other = _copy(tiny_config, **{"model.encoder_width": 16})
+  with pytest.raises(config_lib.ConfigError,
+                     match="incompatible config.*model.encoder_width: checkpoint has 8"):
+    train.train_and_evaluate(other, workdir)
+
+
+def _main(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "recon3d_jax.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_errors_exit_non_zero_with_one_message(tmp_path):
+  bad_key = _main("--config=configs/default.py:runlocal", f"--workdir={tmp_path}",
+                  "--config.data.num_trian=5")
+  assert bad_key.returncode != 0
+  assert "num_trian" in bad_key.stderr
+  bad_arm = _main("--config=configs/default.py:runlocal,arm=telepathy", f"--workdir={tmp_path}")
+  assert bad_arm.returncode != 0
+  assert bad_arm.stderr.strip().splitlines()[-1] == (
+      "error: config.arm='telepathy': expected one of ['both', 'depth', 'normal', 'vanilla']")
