@@ -17,31 +17,31 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from recon3d_jax import geometry
+from recon3d_jax.geometry import camera, groundtruth, render, sdf
 
 CAMERA_DISTANCE = 2.2
 FOV_DEG = 45.0
 ELEVATION_RANGE_DEG = (-15.0, 45.0)
 
-# Domain name -> function(key) -> geometry.Shape in its world frame. Later domains register here.
-DOMAINS: dict[str, Callable[[jax.Array], geometry.Shape]] = {
-    "primitives": geometry.random_primitive}
+# Domain name -> function(key) -> sdf.Shape in its world frame. Later domains register here.
+DOMAINS: dict[str, Callable[[jax.Array], sdf.Shape]] = {
+    "primitives": sdf.random_primitive}
 
 
-def to_viewer_frame(shape: geometry.Shape, rotation: jax.Array) -> geometry.Shape:
+def to_viewer_frame(shape: sdf.Shape, rotation: jax.Array) -> sdf.Shape:
   """Rotates a world-frame shape into camera axes and renormalises it to the unit cube."""
   rotated = shape._replace(rotation=rotation @ shape.rotation,
                            translation=rotation @ shape.translation)
-  return geometry.normalize_shape(rotated)
+  return sdf.normalize_shape(rotated)
 
 
-def viewer_camera() -> geometry.Camera:
+def viewer_camera() -> camera.Camera:
   """Camera whose axes are the viewer frame's axes, at distance CAMERA_DISTANCE on -z."""
-  return geometry.Camera(rotation=jnp.eye(3), position=jnp.array([0.0, 0.0, -CAMERA_DISTANCE]),
+  return camera.Camera(rotation=jnp.eye(3), position=jnp.array([0.0, 0.0, -CAMERA_DISTANCE]),
                            fov_deg=jnp.asarray(FOV_DEG))
 
 
-def make_sample(shape: geometry.Shape, key: jax.Array, *, image_size: int, num_surface_points: int,
+def make_sample(shape: sdf.Shape, key: jax.Array, *, image_size: int, num_surface_points: int,
                 num_uniform_points: int, num_near_points: int,
                 voxel_resolution: int) -> dict[str, jax.Array]:
   """Renders a world-frame shape from a random viewpoint and computes its 3D ground truth.
@@ -57,16 +57,16 @@ def make_sample(shape: geometry.Shape, key: jax.Array, *, image_size: int, num_s
   azimuth = jax.random.uniform(k_az, (), minval=0.0, maxval=2 * jnp.pi)
   lo, hi = jnp.deg2rad(jnp.array(ELEVATION_RANGE_DEG))
   elevation = jax.random.uniform(k_el, (), minval=lo, maxval=hi)
-  world_camera = geometry.look_at_camera(azimuth, elevation, CAMERA_DISTANCE, FOV_DEG)
+  world_camera = camera.look_at_camera(azimuth, elevation, CAMERA_DISTANCE, FOV_DEG)
 
   view_shape = to_viewer_frame(shape, world_camera.rotation)
-  lighting = geometry.random_lighting(k_light)
+  lighting = render.random_lighting(k_light)
   lighting["light_dir"] = world_camera.rotation @ lighting["light_dir"]
-  images = geometry.render(view_shape, viewer_camera(), image_size, **lighting)
+  images = render.render(view_shape, viewer_camera(), image_size, **lighting)
 
-  surface_points, surface_normals = geometry.surface_points(
+  surface_points, surface_normals = groundtruth.surface_points(
       view_shape, k_surface, num_surface_points)
-  occupancy = geometry.occupancy_points(view_shape, k_occ, num_uniform_points, num_near_points)
+  occupancy = groundtruth.occupancy_points(view_shape, k_occ, num_uniform_points, num_near_points)
   return dict(
       image=jnp.round(images["rgb"] * 255).astype(jnp.uint8),
       depth=images["depth"].astype(jnp.float32),
@@ -78,7 +78,7 @@ def make_sample(shape: geometry.Shape, key: jax.Array, *, image_size: int, num_s
       occ_uniform=occupancy["occ_uniform"].astype(jnp.uint8),
       points_near=occupancy["points_near"],
       occ_near=occupancy["occ_near"].astype(jnp.uint8),
-      voxels=geometry.voxelize(view_shape, voxel_resolution).astype(jnp.uint8),
+      voxels=groundtruth.voxelize(view_shape, voxel_resolution).astype(jnp.uint8),
       kind=view_shape.kind.astype(jnp.int32),
       azimuth=azimuth,
       elevation=elevation,
