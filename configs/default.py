@@ -20,27 +20,27 @@ def get_config(arg=None):
       domain="primitives",
       data_dir="./data_dir",  # TFDS data dir; built on first use, then reused.
       build_seed=0,  # Seed of the procedurally generated dataset (not of training).
-      num_train=4000,
+      num_train=2000,
       num_validation=100,
       num_test=200,
       image_size=64,
       num_surface_points=2048,
       num_uniform_points=2048,
       num_near_points=2048,
-      points_per_step=1024,  # Occupancy query points sampled per instance per step.
+      points_per_step=512,  # Occupancy query points sampled per instance per step.
       voxel_resolution=32,
   )
   c.model = dict(
       encoder=arg.encoder, encoder_width=32, code_dim=128, head_width=32,
       decoder_hidden=128, decoder_blocks=3)
   c.loss = dict(normal_weight=1.0, depth_weight=1.0, silhouette_weight=0.1)
-  c.optimizer = dict(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=100, clip_norm=1.0)
+  c.optimizer = dict(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=50, clip_norm=1.0)
 
   c.batch_size = 32  # Global batch, split over all devices.
-  c.total_steps = 1500
-  c.log_every_steps = 50
-  c.eval_every_steps = 500  # Validation losses + IoU during training.
-  c.checkpoint_every_steps = 250
+  c.total_steps = 500  # Sized so `make run` finishes in minutes on a 2-core CPU.
+  c.log_every_steps = 25
+  c.eval_every_steps = 250  # Validation losses + IoU during training.
+  c.checkpoint_every_steps = 100
   c.keep_checkpoints = 3
 
   c.eval = dict(

@@ -1,6 +1,7 @@
 """Evaluation: per-instance 3D and 2.5D metrics, the eval-only entry, and `load` for notebooks.
 
-    python -m recon3d_jax.evaluate --workdir=DIR        # re-evaluates a trained run
+    python -m recon3d_jax.evaluate --workdir=DIR              # re-evaluates a trained run
+    python -m recon3d_jax.evaluate --workdir=DIR --untrained  # same config, initial parameters
 
     from recon3d_jax import evaluate
     model, params, config = evaluate.load("DIR")
@@ -27,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from recon3d_jax import config_lib, losses, metrics, sharding, visualize
+from recon3d_jax import config_lib, losses, metrics, sharding, visualize, writers
 from recon3d_jax.data import pipeline
 
 GRID_CHUNK = 8192  # Query points per decoder call when filling the occupancy grid.
@@ -155,12 +156,12 @@ def evaluate_split(model, params, config, source, mesh, threshold: float) -> tup
 
 
 def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir: str, sources,
-                       mesh, splits=("validation", "test")) -> dict:
-  """Chooses the threshold on validation, evaluates `splits`, writes WORKDIR/eval/*.
+                       mesh, splits=("validation", "test"), subdir: str = "eval") -> dict:
+  """Chooses the threshold on validation, evaluates `splits`, writes WORKDIR/<subdir>/*.
 
   Returns the test summary: metric means plus threshold and instance count.
   """
-  eval_dir = os.path.join(workdir, "eval")
+  eval_dir = os.path.join(workdir, subdir)
   os.makedirs(eval_dir, exist_ok=True)
   threshold = choose_threshold(model, params, config, sources["validation"], mesh)
   logging.info("Occupancy threshold chosen on validation: %.2f", threshold)
@@ -204,21 +205,27 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load(workdir: str, step: int | None = None, mesh=None):
-  """Restores a run: returns (model, params, config). Latest checkpoint unless `step` is given."""
+def load(workdir: str, step: int | None = None, mesh=None, untrained: bool = False):
+  """Restores a run: returns (model, params, config).
+
+  Latest checkpoint unless `step` is given; `untrained=True` gives the run's initial parameters
+  instead (seed config.seed), a chance-level baseline.
+  """
   from recon3d_jax import train  # Local: train imports this module.
   config = load_config(workdir)
   config.eval.threshold_candidates = tuple(config.eval.threshold_candidates)
   mesh = mesh or sharding.make_mesh()
   model, tx = train.build_model(config), train.make_optimizer(config)
-  abstract = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
-      abstract)
+  if untrained:
+    return model, train.create_train_state(config, model, tx, mesh)["params"], config
   manager = train.checkpoint_manager(workdir, config)
   step = step if step is not None else manager.latest_step()
   if step is None:
     raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint; expected a trained run")
+  abstract = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+      abstract)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))
   return model, restored["state"]["params"], config
@@ -228,16 +235,20 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  del argv
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
+  writers.setup_logging()
   try:
-    model, params, config = load(FLAGS.workdir)
-    evaluate_and_write(model, params, config, FLAGS.workdir,
-                       pipeline.load_sources(config.data), sharding.make_mesh())
+    model, params, config = load(FLAGS.workdir, untrained=FLAGS.untrained)
+    evaluate_and_write(model, params, config, FLAGS.workdir, pipeline.load_sources(config.data),
+                       sharding.make_mesh(), subdir="eval_untrained" if FLAGS.untrained else "eval")
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Workdir of a training run to (re-)evaluate.")
+  flags.DEFINE_bool("untrained", False, "Evaluate the run's initial parameters instead, into "
+                    "WORKDIR/eval_untrained (a chance-level baseline).")
   flags.mark_flag_as_required("workdir")
   app.run(main)

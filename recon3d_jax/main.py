@@ -3,13 +3,12 @@
 `--config.key=value` overrides any config field; unknown keys are rejected. Re-running the same
 command resumes from the workdir's latest checkpoint.
 """
-import logging as std_logging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from recon3d_jax import config_lib, train
+from recon3d_jax import config_lib, train, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -20,10 +19,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
-  logging.set_verbosity(logging.INFO)
-  # Orbax logs every checkpoint step at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)
+  writers.setup_logging()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:

@@ -1,12 +1,21 @@
-"""Metric writer: one call writes a step's scalars to metrics.jsonl and TensorBoard."""
+"""Metric writer (metrics.jsonl + TensorBoard) and the entry points' logging set-up."""
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import time
 
 import numpy as np
 import tensorboardX
+from absl import logging
+
+
+def setup_logging() -> None:
+  """INFO logs, minus Orbax's per-checkpoint chatter (its warnings and errors stay)."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)
 
 
 class MetricWriter:

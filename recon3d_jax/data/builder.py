@@ -30,7 +30,7 @@ class SynthConfig(tfds.core.BuilderConfig):
   """Everything that determines a synthetic dataset's contents."""
   domain: str = "primitives"
   image_size: int = 64
-  num_train: int = 4000
+  num_train: int = 2000
   num_validation: int = 100
   num_test: int = 200
   num_surface_points: int = 2048
