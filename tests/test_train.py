@@ -151,9 +151,9 @@ def test_incompatible_checkpoint_is_refused(uninterrupted, tiny_config):
     train.train_and_evaluate(other, workdir)
 
 
-def _main(*args):
+def _main(*args, module="recon3d_jax.main"):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "recon3d_jax.main", *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -166,3 +166,7 @@ def test_command_line_errors_exit_non_zero_with_one_message(tmp_path):
   assert bad_arm.returncode != 0
   assert bad_arm.stderr.strip().splitlines()[-1] == (
       "error: config.arm='telepathy': expected one of ['both', 'depth', 'normal', 'vanilla']")
+  not_a_run = _main(f"--workdir={tmp_path}", module="recon3d_jax.evaluate")
+  assert not_a_run.returncode != 0
+  assert not_a_run.stderr.strip().splitlines()[-1] == (
+      f"error: workdir {str(tmp_path)!r} has no config.json; expected the workdir of a training run")
