@@ -11,7 +11,8 @@ from recon3d_jax import config_lib
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, runlocal=False, arm="normal", encoder="resnet10", seed=0)
+  arg = config_lib.parse_arg(arg, runlocal=False, arm="normal", encoder="resnet10", seed=0,
+                             supervision="clean")
   c = config_lib.ml_collections.ConfigDict()
   c.seed = arg.seed
   c.arm = arg.arm  # vanilla | normal | depth | both (recon3d_jax.losses.ARMS)
@@ -28,6 +29,9 @@ def get_config(arg=None):
       num_uniform_points=2048,
       num_near_points=2048,
       points_per_step=512,  # Occupancy query points sampled per instance per step.
+      # Quality of the 2.5D training targets: "clean", a level (minimal|low|medium|high|
+      # extreme), "uniform", or a mixture "minimal:0.5,extreme:0.5" (recon3d_jax/data/corrupt.py).
+      supervision=arg.supervision,
       voxel_resolution=32,
   )
   c.model = dict(

@@ -105,6 +105,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"{sorted(models.ENCODERS)}")
   _require(config.data.domain in pipeline.DOMAINS,
            f"config.data.domain={config.data.domain!r}: expected one of {sorted(pipeline.DOMAINS)}")
+  try:
+    pipeline.parse_supervision(config.data.supervision)
+  except ValueError as e:
+    raise ConfigError(f"config.data.supervision={config.data.supervision!r}: {e}") from None
   _positive_ints(config, [
       "batch_size", "total_steps", "log_every_steps", "eval_every_steps",
       "checkpoint_every_steps", "keep_checkpoints", "data.num_train", "data.num_validation",

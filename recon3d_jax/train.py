@@ -149,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ----------------------------------------------------------------------------- data + state
   sources = pipeline.load_sources(config.data)
   loader = pipeline.train_loader(sources["train"], global_batch_size=config.batch_size,
-                                 points_per_step=config.data.points_per_step, seed=config.seed)
+                                 points_per_step=config.data.points_per_step, seed=config.seed,
+                                 supervision=config.data.supervision)
   data_iter = iter(loader)
   model, tx = build_model(config), make_optimizer(config)
   state = create_train_state(config, model, tx, mesh)

@@ -4,6 +4,7 @@ import pytest
 
 from recon3d_jax import config_lib
 from recon3d_jax.data import pipeline, synth
+from recon3d_jax.data.corrupt import LEVELS
 from recon3d_jax.geometry import sdf
 
 
@@ -74,10 +75,45 @@ def test_training_batches_follow_the_documented_contract(tiny_config, sources):
   batch = next(iter(loader))
   b, h, m = c.batch_size, c.data.image_size, c.data.points_per_step
   expected = {"image": (b, h, h, 3), "depth": (b, h, h), "normal": (b, h, h, 3),
-              "mask": (b, h, h), "points": (b, m, 3), "occ": (b, m), "index": (b,)}
+              "mask": (b, h, h), "depth_valid": (b, h, h), "normal_valid": (b, h, h),
+              "level": (b,), "points": (b, m, 3), "occ": (b, m), "index": (b,)}
   assert {k: v.shape for k, v in batch.items()} == expected
   assert batch["image"].dtype == np.float32 and 0 <= batch["image"].min() <= 1
   assert set(np.unique(batch["mask"])) <= {0.0, 1.0} and set(np.unique(batch["occ"])) <= {0.0, 1.0}
   uniform = batch["points"][:, : m // 2]
   assert np.abs(uniform).max() <= 0.55 + 1e-6  # The padded 1.1 box.
   assert len(set(batch["index"].tolist())) == b
+
+
+def test_supervision_levels_corrupt_only_training_targets(tiny_config, sources):
+  c = tiny_config
+  source = sources["train"]
+  loader = lambda spec: iter(pipeline.train_loader(
+      source, global_batch_size=c.batch_size, points_per_step=c.data.points_per_step, seed=0,
+      supervision=spec))
+  clean, noisy = next(loader("clean")), next(loader("extreme"))
+  np.testing.assert_array_equal(clean["index"], noisy["index"])  # Same instances, same order.
+  np.testing.assert_array_equal(clean["image"], noisy["image"])  # Inputs never corrupted.
+  np.testing.assert_array_equal(clean["normal_valid"], clean["mask"])
+  assert (clean["level"] == -1).all() and (noisy["level"] == LEVELS.index("extreme")).all()
+  for key in ("normal_valid", "depth_valid"):
+    valid, mask = noisy[key] > 0, noisy["mask"] > 0
+    assert not (valid & ~mask).any()  # Never valid off the object ...
+    assert 0.5 < valid.sum() / mask.sum() < 0.9  # ... and extreme-level holes remove some.
+  valid = noisy["normal_valid"] > 0
+  angle = np.degrees(np.arccos(np.clip(np.sum(noisy["normal"] * clean["normal"], -1), -1, 1)))
+  assert np.median(angle[valid]) > 20  # Extreme level: tens of degrees of error.
+  np.testing.assert_allclose(np.linalg.norm(noisy["normal"][valid], axis=-1), 1, atol=1e-4)
+  # Evaluation records are the stored clean targets whatever the training supervision.
+  record = source[0]
+  assert record["normal"].dtype == np.float32 and np.isin(record["mask"], [0, 1]).all()
+
+
+def test_level_mixtures_are_exact_per_dataset(tiny_config):
+  levels = pipeline.instance_levels("minimal:0.5,extreme:0.5", 48, seed=0)
+  assert np.bincount(levels, minlength=5).tolist() == [24, 0, 0, 0, 24]
+  np.testing.assert_array_equal(levels, pipeline.instance_levels("minimal:0.5,extreme:0.5",
+                                                                 48, seed=0))
+  assert pipeline.instance_levels("clean", 48, seed=0) is None
+  with pytest.raises(ValueError, match="medium-rare"):
+    pipeline.parse_supervision("medium-rare")

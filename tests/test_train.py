@@ -125,6 +125,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_con
     ({"model.encoder": "resnet99"}, "config.model.encoder='resnet99': expected one of"),
     ({"data.num_train": -5}, "config.data.num_train=-5: expected a positive integer"),
     ({"batch_size": 6}, "config.batch_size=6: expected a multiple of the device count 8"),
+    ({"data.supervision": "medium-rare"}, "config.data.supervision='medium-rare': Unknown level"),
 ])
 def test_bad_config_values_are_named(tiny_config, tmp_path, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):

@@ -2,8 +2,12 @@
 
 Training batches (per process, B = global batch / process count, M = points_per_step):
   image (B,H,W,3) float32 in [0,1]; depth (B,H,W); normal (B,H,W,3); mask (B,H,W) float32;
+  depth_valid, normal_valid (B,H,W) float32: pixels whose 2.5D target exists (mask minus holes);
+  level (B,) int32 supervision level index into corrupt.LEVELS, -1 for clean targets;
   points (B,M,3) viewer-centred query points, half uniform in the 1.1 box, half near the surface;
   occ (B,M) float32 inside/outside labels; index (B,) instance index in its split.
+Only the training depth/normal targets are corrupted (DESIGN.md section 5); input images and
+every evaluation target stay clean.
 The grain iterator's state is checkpointed with the model, so a resumed run sees exactly the
 batches an uninterrupted run would.
 """
@@ -16,10 +20,40 @@ import jax
 import numpy as np
 
 from recon3d_jax.data import builder as builder_lib
-from recon3d_jax.data import synth
+from recon3d_jax.data import corrupt, synth
 
 DOMAINS = synth.DOMAINS
 SPLITS = ("train", "validation", "test")
+CLEAN = "clean"  # config.data.supervision value for uncorrupted 2.5D targets.
+
+
+def parse_supervision(spec: str) -> str | dict[str, float] | None:
+  """config.data.supervision -> a corrupt.level_mixture spec, or None for clean targets.
+
+  Accepted: "clean", a level name ("medium"), "uniform", or "minimal:0.5,extreme:0.5".
+  """
+  if spec == CLEAN:
+    return None
+  if ":" not in spec:
+    corrupt.level_mixture(spec, 0, np.random.default_rng(0))  # Validates the name.
+    return spec
+  mixture = {}
+  for item in spec.split(","):
+    name, _, p = item.partition(":")
+    try:
+      mixture[name.strip()] = float(p)
+    except ValueError:
+      raise ValueError(f"supervision mixture item {item!r}: expected level:probability") from None
+  corrupt.level_mixture(mixture, 0, np.random.default_rng(0))  # Validates names and sums.
+  return mixture
+
+
+def instance_levels(spec: str, num_instances: int, seed: int) -> np.ndarray | None:
+  """(N,) level index of every training instance (fixed per dataset and seed), or None."""
+  mixture = parse_supervision(spec)
+  if mixture is None:
+    return None
+  return corrupt.level_mixture(mixture, num_instances, np.random.default_rng(seed))
 
 
 def get_builder(data_config) -> builder_lib.Recon3dSynth:
@@ -43,28 +77,44 @@ def to_model_inputs(example: dict) -> dict:
   return out
 
 
-class SampleQueryPoints(grain.RandomMapTransform):
-  """Picks M occupancy query points per instance: M/2 uniform and M - M/2 near the surface."""
+class TrainExample(grain.RandomMapTransform):
+  """Record -> training example: M query points (M/2 uniform, the rest near the surface) and,
+  if `levels` is given, depth/normal targets corrupted at the instance's supervision level."""
 
-  def __init__(self, num_points: int):
+  def __init__(self, num_points: int, levels: np.ndarray | None):
     self.num_points = num_points
+    self.levels = levels
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     m_uniform = self.num_points // 2
     iu = rng.choice(len(element["points_uniform"]), m_uniform, replace=False)
     inear = rng.choice(len(element["points_near"]), self.num_points - m_uniform, replace=False)
     example = to_model_inputs(element)
+    mask = example["mask"]
+    depth, depth_valid = element["depth"], mask
+    normal, normal_valid = element["normal"], mask
+    level = -1
+    if self.levels is not None:
+      level = int(self.levels[element["index"]])
+      depth, depth_valid = corrupt.corrupt_depth(depth, mask, level, rng)
+      normal, normal_valid = corrupt.corrupt_normals(normal, mask, level, rng)
     return dict(
-        image=example["image"], depth=element["depth"], normal=element["normal"],
-        mask=example["mask"], index=element["index"],
+        image=example["image"], mask=mask, index=element["index"],
+        depth=depth, depth_valid=depth_valid.astype(np.float32),
+        normal=normal, normal_valid=normal_valid.astype(np.float32), level=np.int32(level),
         points=np.concatenate([element["points_uniform"][iu], element["points_near"][inear]]),
         occ=np.concatenate([element["occ_uniform"][iu],
                             element["occ_near"][inear]]).astype(np.float32))
 
 
-def train_loader(source, *, global_batch_size: int, points_per_step: int,
-                 seed: int) -> grain.DataLoader:
-  """Infinite shuffled loader over `source`, sharded over JAX processes."""
+def train_loader(source, *, global_batch_size: int, points_per_step: int, seed: int,
+                 supervision: str = CLEAN) -> grain.DataLoader:
+  """Infinite shuffled loader over `source`, sharded over JAX processes.
+
+  supervision: quality of the 2.5D training targets (see `parse_supervision`); instance levels
+  are drawn once from `seed`.
+  """
+  levels = instance_levels(supervision, len(source), seed)
   process_count = jax.process_count()
   if global_batch_size % process_count:
     raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
@@ -76,7 +126,7 @@ def train_loader(source, *, global_batch_size: int, points_per_step: int,
       shuffle=True, num_epochs=None, seed=seed)
   return grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=0,
-      operations=[SampleQueryPoints(points_per_step),
+      operations=[TrainExample(points_per_step, levels),
                   grain.Batch(global_batch_size // process_count, drop_remainder=True)])
 
 
