@@ -108,7 +108,7 @@ def test_resnet18_feature_pyramid():
 def test_seven_channel_input():
   model = models.ReconModel(**TINY)
   out, variables = jax.eval_shape(model.init_with_output, KEY, *make_inputs(channels=7))
-  assert variables['params']['backbone']['stem']['kernel'].shape == (3, 3, 7, 8)
+  assert variables['params']['backbone']['ResNetStages_0']['stem']['kernel'].shape == (3, 3, 7, 8)
   assert out['depth'].shape == (B, S, S) and out['occ_logits'].shape == (B, M)
 
 

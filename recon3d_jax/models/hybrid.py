@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recon3d_jax.models.resnet import BasicBlock, group_norm
+from recon3d_jax.models.resnet import ResNetStages
 from recon3d_jax.models.vit import Reassemble, Transformer
 
 
@@ -39,15 +39,8 @@ class HybridEncoder(nn.Module):
 
     features[i] has shape (B, H/2**(i+1), W/2**(i+1), width * 2**i) (H, W divisible by 16).
     """
-    x = nn.Conv(self.width, (3, 3), strides=2, use_bias=False, name='stem')(images)
-    x = nn.relu(group_norm(self.width)(x))
-    stages = []
-    for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(self.width * 2**i, strides)(x)
-      stages.append(x)
-    tokens = nn.Dense(self.num_heads * self.width, name='token_embed')(x)
+    stages = ResNetStages(self.stage_sizes, self.width)(images)
+    tokens = nn.Dense(self.num_heads * self.width, name='token_embed')(stages[-1])
     middle, last = Transformer(self.depth, self.num_heads, num_outputs=2)(tokens)
     features = stages[:2] + [Reassemble(self.width * 4, 1)(middle),
                              Reassemble(self.width * 8, 0.5)(last)]

@@ -28,6 +28,28 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
+class ResNetStages(nn.Module):
+  """Stride-2 3x3 stem, then stages of basic blocks: (B,H,W,C) -> feature maps fine to coarse.
+
+  Stage i has `stage_sizes[i]` blocks and width * 2**i channels; the first stage keeps the stem's
+  resolution (H/2), every later one halves it. Shared by the ResNet and hybrid encoders.
+  """
+  stage_sizes: Sequence[int]
+  width: int
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> list[jax.Array]:
+    x = nn.Conv(self.width, (3, 3), strides=2, use_bias=False, name='stem')(images)
+    x = nn.relu(group_norm(self.width)(x))
+    features = []
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = BasicBlock(self.width * 2**i, strides)(x)
+      features.append(x)
+    return features
+
+
 class ResNetEncoder(nn.Module):
   """Image -> global code and a pyramid of feature maps.
 
@@ -49,13 +71,6 @@ class ResNetEncoder(nn.Module):
 
     features[i] has shape (B, H/2**(i+1), W/2**(i+1), width * 2**i) (sizes rounded up).
     """
-    x = nn.Conv(self.width, (3, 3), strides=2, use_bias=False, name='stem')(images)
-    x = nn.relu(group_norm(self.width)(x))
-    features = []
-    for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(self.width * 2**i, strides)(x)
-      features.append(x)
-    code = nn.Dense(self.code_dim, name='code')(jnp.mean(x, axis=(1, 2)))
+    features = ResNetStages(self.stage_sizes, self.width)(images)
+    code = nn.Dense(self.code_dim, name='code')(jnp.mean(features[-1], axis=(1, 2)))
     return code, features
