@@ -91,12 +91,8 @@ def validation_losses(model, params, config: ml_collections.ConfigDict, source, 
   rows = []
   for batch, pred in _split_predictions(model, params, config, source, mesh, grid=False):
     occ = batch["occ_uniform"].astype(np.float32)
-    terms = {
-        "occupancy": losses.occupancy_loss(pred["occ_logits"], occ),
-        "depth": losses.depth_loss(pred["depth"], batch["depth"], batch["mask"]),
-        "normal": losses.normal_loss(pred["normal"], batch["normal"], batch["mask"]),
-        "silhouette": losses.silhouette_loss(pred["mask_logits"], batch["mask"]),
-    }
+    terms = losses.loss_terms(pred, dict(occ=occ, depth=batch["depth"], normal=batch["normal"],
+                                         mask=batch["mask"]))
     for i in range(len(occ)):
       row = {f"val/loss/{k}": float(v[i]) for k, v in terms.items()}
       row["val/iou@0.5"] = metrics.occupancy_metrics(pred["occ_prob"][i], occ[i] > 0)["iou"]
@@ -168,29 +164,16 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
   summary = {"threshold": threshold}
   for split in splits:
     rows, (batch, pred) = evaluate_split(model, params, config, sources[split], mesh, threshold)
-    _write_jsonl(os.path.join(eval_dir, f"{split}.jsonl"), rows)
+    writers.atomic_write(os.path.join(eval_dir, f"{split}.jsonl"),
+                         "".join(json.dumps(r) + "\n" for r in rows))
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("index", "kind")}
     summary[split] = dict(means, num_instances=len(rows))
     visualize.save_prediction_grid(os.path.join(eval_dir, f"{split}.png"), batch, pred, threshold,
                                    config.eval.num_picture_instances)
     logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d)", split, means["iou"],
                  means["fscore@0.02"], means["chamfer_l1"], len(rows))
-  _write_json(os.path.join(eval_dir, "summary.json"), summary)
+  writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
   return dict(summary["test"], threshold=threshold) if "test" in summary else summary
-
-
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  os.replace(tmp, path)  # Atomic: a reader never sees half a file.
-
-
-def _write_json(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +196,6 @@ def load(workdir: str, step: int | None = None, mesh=None, untrained: bool = Fal
   """
   from recon3d_jax import train  # Local: train imports this module.
   config = load_config(workdir)
-  config.eval.threshold_candidates = tuple(config.eval.threshold_candidates)
   mesh = mesh or sharding.make_mesh()
   model, tx = train.build_model(config), train.make_optimizer(config)
   if untrained:

@@ -65,6 +65,18 @@ def silhouette_loss(mask_logits: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(mask_logits, mask), axis=(1, 2))
 
 
+def loss_terms(outputs: Mapping[str, jax.Array],
+               batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Every term of TERMS per instance, (B,) each; inputs as in `total_loss`."""
+  mask = batch['mask']
+  return dict(
+      occupancy=occupancy_loss(outputs['occ_logits'], batch['occ']),
+      normal=normal_loss(outputs['normal'], batch['normal'], batch.get('normal_valid', mask)),
+      depth=depth_loss(outputs['depth'], batch['depth'], batch.get('depth_valid', mask)),
+      silhouette=silhouette_loss(outputs['mask_logits'], mask),
+  )
+
+
 def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
                weights: Mapping[str, float], instance_weights: jax.Array | None = None,
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -84,13 +96,7 @@ def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   if set(weights) != set(TERMS):
     raise ValueError(
         f'loss weights must have exactly the keys {list(TERMS)}; got {sorted(weights)}')
-  mask = batch['mask']
-  terms = dict(
-      occupancy=occupancy_loss(outputs['occ_logits'], batch['occ']),
-      normal=normal_loss(outputs['normal'], batch['normal'], batch.get('normal_valid', mask)),
-      depth=depth_loss(outputs['depth'], batch['depth'], batch.get('depth_valid', mask)),
-      silhouette=silhouette_loss(outputs['mask_logits'], mask),
-  )
+  terms = loss_terms(outputs, batch)
   per_instance = sum(weights[k] * terms[k] for k in TERMS)
   if instance_weights is None:
     loss = jnp.mean(per_instance)

@@ -220,7 +220,4 @@ def _truncate_metrics(workdir: str, step: int) -> None:
   path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(path):
     rows = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
+    writers.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))

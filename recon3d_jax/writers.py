@@ -37,6 +37,14 @@ class MetricWriter:
     self._tb.close()
 
 
+def atomic_write(path: str, text: str) -> None:
+  """Writes text to path through a temporary file: a reader never sees half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def read_metrics(workdir: str) -> list[dict]:
   """The rows of WORKDIR/metrics.jsonl, in order."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
