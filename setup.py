@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6,<3",
     "tqdm>=4.66,<5",
     "matplotlib>=3.8,<4",
+    "submitit>=1.5,<2",  # Slurm backend of launch/sweep.py.
 ]
 
 setuptools.setup(
@@ -29,5 +30,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["recon3d_jax", "recon3d_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "statsmodels>=0.14,<0.16"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "statsmodels>=0.14,<0.16"],
+        # The PyTorch peer of benchmarks/torch_peer.py (CPU build).
+        "benchmark": ["torch==2.13.0"],
+    },
 )
