@@ -31,8 +31,9 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "statsmodels>=0.14,<0.16"],
+        # rtree: trimesh's ray caster and `contains`, the references of the mesh renderer.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "statsmodels>=0.14,<0.16", "rtree>=1.3,<2"],
         # The PyTorch peer of benchmarks/torch_peer.py (CPU build).
-        "benchmark": ["torch==2.13.0"],
+        "benchmark": ["torch==2.13.0", "rtree>=1.3,<2"],
     },
 )

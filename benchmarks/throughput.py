@@ -12,13 +12,12 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from recon3d_jax import sharding, train
-from recon3d_jax.data import builder, synth
+from recon3d_jax.data import builder
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (after one warm-up).")
@@ -35,11 +34,10 @@ def _time(fn, repeats: int) -> list[float]:
 
 
 def rendering(config, repeats: int) -> dict:
-  sizes = builder.SynthConfig.from_data_config(config.data).sizes
-  keys = synth.sample_keys(0, "train", jnp.arange(builder.GENERATION_CHUNK))
-  times = _time(lambda: synth.generate_batch(keys, domain=config.data.domain, **sizes), repeats)
-  return dict(benchmark="render_samples_per_s", domain=config.data.domain,
-              image_size=config.data.image_size,
+  generator = builder.Generator(builder.SynthConfig.from_data_config(config.data))
+  indices = np.arange(builder.GENERATION_CHUNK)
+  times = _time(lambda: generator.generate("train", indices), repeats)
+  return dict(benchmark="render_samples_per_s", dataset=generator.config.name,
               value=builder.GENERATION_CHUNK / float(np.median(times)), times_s=times)
 
 

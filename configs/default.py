@@ -12,13 +12,16 @@ from recon3d_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, arm="normal", encoder="resnet10", seed=0,
-                             supervision="clean")
+                             supervision="clean", benchmark="primitives")
   c = config_lib.ml_collections.ConfigDict()
   c.seed = arg.seed
-  c.arm = arg.arm  # vanilla | normal | depth | both (recon3d_jax.losses.ARMS)
+  # vanilla | normal | depth | both: the controlled comparison (same model, loss weights differ);
+  # full (3D-R-DEP, see `rdep`), oracle, sketch, stage1 (recon3d_jax.losses.ARMS).
+  c.arm = arg.arm
 
   c.data = dict(
-      domain="primitives",
+      # A named benchmark (recon3d_jax/data/benchmarks.py): domain, variant, held-out families.
+      benchmark=arg.benchmark,
       data_dir="./data_dir",  # TFDS data dir; built on first use, then reused.
       build_seed=0,  # Seed of the procedurally generated dataset (not of training).
       num_train=2000,
@@ -33,11 +36,34 @@ def get_config(arg=None):
       # extreme), "uniform", or a mixture "minimal:0.5,extreme:0.5" (recon3d_jax/data/corrupt.py).
       supervision=arg.supervision,
       voxel_resolution=32,
+      curriculum=False,  # Train on supervision levels easy to hard (pipeline.CurriculumSampler).
+      max_level="",  # Drop training instances whose level is above this one ("" keeps all).
+      mesh_dir="",  # `meshes` benchmarks: a folder of .off/.obj/.ply files; "" = assets/meshes.
+      on_bad_mesh="fail",  # Or "skip" meshes that are not watertight, empty or unreadable.
   )
   c.model = dict(
       encoder=arg.encoder, encoder_width=32, code_dim=128, head_width=32,
+      decoder="occupancy",  # occupancy (implicit, at query points) | voxel (32^3 grid).
+      pixel_aligned=False,  # Occupancy decoder also reads image features under each point.
       decoder_hidden=128, decoder_blocks=3)
   c.loss = dict(normal_weight=1.0, depth_weight=1.0, silhouette_weight=0.1)
+  # 3D-R-DEP (arm=full) and its ablations: each component switches off separately.
+  c.rdep = dict(
+      # Encoder initialised from a stage-1 run (arm=stage1; pass its workdir as init_from), then
+      # a learned projection to projection_dim feeds the 3D decoder. Off: encoder from scratch.
+      feature_extraction=True,
+      projection_dim=128,
+      # Learned scorer (hidden width scorer_hidden) -> w = softmax(s / temperature) over the
+      # global batch, multiplying the per-instance weighted_terms. Off: the plain batch mean.
+      adaptive_weighting=True,
+      scorer_hidden=64,
+      temperature=1.0,
+      weighted_terms=("occupancy", "normal", "depth", "silhouette"),
+      # + kl_weight * KL(w || uniform). Off: nothing stops weights collapsing onto easy instances.
+      regularization=True,
+      kl_weight=0.5,
+  )
+  c.init_from = ""  # Workdir of a stage-1 run whose encoder initialises this one (arm=full).
   c.optimizer = dict(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=50, clip_norm=1.0)
 
   c.batch_size = 32  # Global batch, split over all devices.
@@ -54,6 +80,9 @@ def get_config(arg=None):
       max_instances=200,  # Per split, for the final evaluation.
       batch_size=32,
       num_picture_instances=6,
+      # Timed repeats of the cost measurement written to eval/summary.json (recon3d_jax/cost.py:
+      # parameters, latency, step time, peak memory); 0 skips it.
+      cost_repeats=5,
   )
 
   if arg.runlocal:
@@ -62,6 +91,7 @@ def get_config(arg=None):
                   points_per_step=256)
     c.model.update(encoder_width=8, code_dim=32, head_width=8, decoder_hidden=32,
                    decoder_blocks=2)
+    c.rdep.update(projection_dim=32, scorer_hidden=16)
     c.optimizer.warmup_steps = 2
     c.batch_size = 8
     c.total_steps = 8
@@ -69,5 +99,5 @@ def get_config(arg=None):
     c.eval_every_steps = 4
     c.checkpoint_every_steps = 4
     c.eval.update(grid_resolution=16, num_pred_points=512, max_instances=8, batch_size=8,
-                  num_picture_instances=2)
+                  num_picture_instances=2, cost_repeats=0)
   return c

@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
-from recon3d_jax import config_lib, losses, metrics, sharding, visualize, writers
+from recon3d_jax import config_lib, losses, metrics, models, sharding, visualize, writers
 from recon3d_jax.data import pipeline
 
 GRID_CHUNK = 8192  # Query points per decoder call when filling the occupancy grid.
@@ -52,14 +52,15 @@ def _grid_probs(model, resolution: int):
 
   @jax.jit
   def fn(params, images):
-    code = model.apply({"params": params}, images, method=type(model).encode)
+    latent = model.apply({"params": params}, images, method=type(model).encode)
+    batch_size = images.shape[0]
 
     def decode(chunk):
-      points = jnp.broadcast_to(chunk, (code.shape[0],) + chunk.shape)
-      return model.apply({"params": params}, code, points, method=type(model).decode_occupancy)
+      points = jnp.broadcast_to(chunk, (batch_size,) + chunk.shape)
+      return model.apply({"params": params}, latent, points, method=type(model).decode_occupancy)
 
     logits = jax.lax.map(decode, chunks)  # (num_chunks, B, GRID_CHUNK)
-    logits = jnp.moveaxis(logits, 1, 0).reshape(code.shape[0], -1)[:, :len(grid)]
+    logits = jnp.moveaxis(logits, 1, 0).reshape(batch_size, -1)[:, :len(grid)]
     return jax.nn.sigmoid(logits).reshape((-1,) + (resolution,) * 3)
 
   return fn
@@ -69,15 +70,18 @@ def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None
   """Model outputs for an eval batch on the mesh, as numpy, padding removed.
 
   Returns depth, normal, mask_logits (B,H,W[,3]), occ_logits and occ_prob (B,Mu) at
-  batch["points_uniform"] and, if grid_resolution is given, grid (B,R,R,R) occupancy
-  probabilities.
+  batch["points_uniform"], voxel_logits (B,R,R,R) for the voxel decoder and, if
+  grid_resolution is given, grid (B,R,R,R) occupancy probabilities. The oracle's input maps are
+  the batch's (clean) depth and normals.
   """
-  padded, n = sharding.pad_batch(
-      {"image": batch["image"], "points": batch["points_uniform"]}, mesh.size)
+  images = np.asarray(models.input_images(batch, model.input_maps, model.depth_offset))
+  padded, n = sharding.pad_batch({"image": images, "points": batch["points_uniform"]}, mesh.size)
   sharded = sharding.shard_batch(padded, mesh)
   out = _forward(model)(params, sharded["image"], sharded["points"])
   result = dict(depth=out["depth"], normal=out["normal"], mask_logits=out["mask_logits"],
                 occ_logits=out["occ_logits"], occ_prob=jax.nn.sigmoid(out["occ_logits"]))
+  if "voxel_logits" in out:
+    result["voxel_logits"] = out["voxel_logits"]
   if grid_resolution:
     result["grid"] = _grid_probs(model, grid_resolution)(params, sharded["image"])
   return {k: np.asarray(v)[:n] for k, v in result.items()}
@@ -92,7 +96,7 @@ def validation_losses(model, params, config: ml_collections.ConfigDict, source, 
   for batch, pred in _split_predictions(model, params, config, source, mesh, grid=False):
     occ = batch["occ_uniform"].astype(np.float32)
     terms = losses.loss_terms(pred, dict(occ=occ, depth=batch["depth"], normal=batch["normal"],
-                                         mask=batch["mask"]))
+                                         mask=batch["mask"], voxels=batch["voxels"]))
     for i in range(len(occ)):
       row = {f"val/loss/{k}": float(v[i]) for k, v in terms.items()}
       row["val/iou@0.5"] = metrics.occupancy_metrics(pred["occ_prob"][i], occ[i] > 0)["iou"]
@@ -172,6 +176,10 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
                                    config.eval.num_picture_instances)
     logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d)", split, means["iou"],
                  means["fscore@0.02"], means["chamfer_l1"], len(rows))
+  if config.eval.cost_repeats:
+    from recon3d_jax import cost  # Local: cost imports train, which imports this module.
+    summary["cost"] = cost.measure(config, model, params, mesh, repeats=config.eval.cost_repeats)
+    logging.info("Cost: %s", summary["cost"])
   writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
   return dict(summary["test"], threshold=threshold) if "test" in summary else summary
 

@@ -4,7 +4,7 @@ instance weights (adaptive instance weighting) can multiply them before the batc
 Depth and normal targets may have holes (missing pixels of a corrupted 2.5D label); validity
 masks exclude them, and whatever the holes hold (even NaN) never reaches the loss or its gradient.
 """
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +15,20 @@ TERMS = ('occupancy', 'normal', 'depth', 'silhouette')
 # Which terms each study arm switches on (1) or off (0); `arm_weights` scales them. Every arm
 # trains the same model with all heads; the silhouette counts as part of the 2.5D supervision (a
 # foreground mask comes with any depth or normal label), so `vanilla` has the 3D loss only.
+# `occupancy` is the 3D loss of either decoder (query-point or voxel cross-entropy, `loss_terms`).
+# The arms beyond the four of the controlled comparison change the model or its input as well
+# (recon3d_jax.train.build_model): `full` (3D-R-DEP: weighted by instance weights), `oracle`
+# (true 2.5D maps as input) and `sketch` (3D from predicted 2.5D maps) train every term like
+# `both`; `stage1` trains the 2.5D estimation only, to pretrain the encoder of `full`.
 ARMS = {
     'vanilla': dict(occupancy=1.0, normal=0.0, depth=0.0, silhouette=0.0),
     'normal': dict(occupancy=1.0, normal=1.0, depth=0.0, silhouette=1.0),
     'depth': dict(occupancy=1.0, normal=0.0, depth=1.0, silhouette=1.0),
     'both': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
+    'full': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
+    'oracle': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
+    'sketch': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
+    'stage1': dict(occupancy=0.0, normal=1.0, depth=1.0, silhouette=1.0),
 }
 
 
@@ -45,6 +54,12 @@ def occupancy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
 
 
+def voxel_loss(logits: jax.Array, voxels: jax.Array) -> jax.Array:
+  """Mean binary cross-entropy with logits over voxels: (B,R,R,R), (B,R,R,R) in {0,1} -> (B,)."""
+  bce = optax.sigmoid_binary_cross_entropy(logits, voxels.astype(logits.dtype))
+  return jnp.mean(bce, axis=(1, 2, 3))
+
+
 def depth_loss(pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
   """Mean L1 over valid pixels: (B,H,W) x3 -> (B,); 0 for an instance with no valid pixel."""
   target = jnp.where(valid > 0, target, 0.0)  # Holes may hold NaN; keep values finite.
@@ -67,10 +82,21 @@ def silhouette_loss(mask_logits: jax.Array, mask: jax.Array) -> jax.Array:
 
 def loss_terms(outputs: Mapping[str, jax.Array],
                batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """Every term of TERMS per instance, (B,) each; inputs as in `total_loss`."""
+  """Every term of TERMS per instance, (B,) each; inputs as in `total_loss`.
+
+  The 3D term `occupancy` is the voxel cross-entropy when the outputs hold voxel_logits (the
+  voxel decoder), else the cross-entropy at the query points.
+  """
   mask = batch['mask']
+  if 'voxel_logits' in outputs:
+    if 'voxels' not in batch:
+      raise ValueError('the voxel decoder needs batch["voxels"] (B,R,R,R) targets; the batch has '
+                       f'only {sorted(batch)}')
+    three_d = voxel_loss(outputs['voxel_logits'], batch['voxels'])
+  else:
+    three_d = occupancy_loss(outputs['occ_logits'], batch['occ'])
   return dict(
-      occupancy=occupancy_loss(outputs['occ_logits'], batch['occ']),
+      occupancy=three_d,
       normal=normal_loss(outputs['normal'], batch['normal'], batch.get('normal_valid', mask)),
       depth=depth_loss(outputs['depth'], batch['depth'], batch.get('depth_valid', mask)),
       silhouette=silhouette_loss(outputs['mask_logits'], mask),
@@ -79,15 +105,20 @@ def loss_terms(outputs: Mapping[str, jax.Array],
 
 def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
                weights: Mapping[str, float], instance_weights: jax.Array | None = None,
+               weighted_terms: Sequence[str] = TERMS,
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of all loss terms.
 
   Args:
-    outputs: model outputs: occ_logits (B,M), depth (B,H,W), normal (B,H,W,3), mask_logits (B,H,W).
+    outputs: model outputs: occ_logits (B,M), depth (B,H,W), normal (B,H,W,3), mask_logits (B,H,W);
+      voxel_logits (B,R,R,R) for the voxel decoder.
     batch: targets: occ (B,M) labels, depth (B,H,W), normal (B,H,W,3), mask (B,H,W) in {0,1};
-      optional depth_valid / normal_valid (B,H,W), defaulting to mask.
+      optional depth_valid / normal_valid (B,H,W), defaulting to mask; voxels (B,R,R,R) for the
+      voxel decoder.
     weights: one weight per term in TERMS (see `arm_weights`).
     instance_weights: optional (B,) weights summing to 1; default: the plain batch mean.
+      sum_i w_i L_i = mean_i (B w_i) L_i, so uniform weights give the plain mean.
+    weighted_terms: the terms instance_weights multiply; the others are plain batch means.
 
   Returns:
     (scalar loss, stats): stats has 'loss/<term>' (batch mean, logged even when its weight is 0,
@@ -96,12 +127,15 @@ def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
   if set(weights) != set(TERMS):
     raise ValueError(
         f'loss weights must have exactly the keys {list(TERMS)}; got {sorted(weights)}')
+  if not set(weighted_terms) <= set(TERMS):
+    raise ValueError(f'weighted_terms must be among {list(TERMS)}; got {list(weighted_terms)}')
   terms = loss_terms(outputs, batch)
-  per_instance = sum(weights[k] * terms[k] for k in TERMS)
   if instance_weights is None:
-    loss = jnp.mean(per_instance)
+    loss = jnp.mean(sum(weights[k] * terms[k] for k in TERMS))
   else:
-    loss = jnp.sum(instance_weights * per_instance)
+    weighted = sum(weights[k] * terms[k] for k in TERMS if k in weighted_terms)
+    plain = sum(weights[k] * terms[k] for k in TERMS if k not in weighted_terms)
+    loss = jnp.sum(instance_weights * weighted) + jnp.mean(plain)
   stats = {f'loss/{k}': jnp.mean(v) for k, v in terms.items()}
   stats['loss/total'] = loss
   return loss, stats

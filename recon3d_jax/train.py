@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import grain.python as grain
 import jax
@@ -20,7 +20,7 @@ from absl import logging
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from recon3d_jax import config_lib, evaluate, losses, models, sharding, writers
+from recon3d_jax import config_lib, evaluate, losses, models, sharding, weighting, writers
 from recon3d_jax.data import pipeline
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
@@ -34,7 +34,32 @@ RESUMABLE_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
 # Model, optimizer and state.
 # ---------------------------------------------------------------------------------------------
 def build_model(config: ml_collections.ConfigDict) -> models.ReconModel:
-  return models.ReconModel(**config.model)
+  """The model of config.arm (see models/model.py for what each arm switches on)."""
+  full = config.arm == "full"
+  rdep = config.get("rdep") if full else None  # Configs of older runs may lack `rdep`.
+  return models.ReconModel(
+      **config.model, voxel_resolution=config.data.voxel_resolution,
+      input_maps=config.arm == "oracle", sketch=config.arm == "sketch",
+      projection_dim=rdep.projection_dim if full and rdep.feature_extraction else 0,
+      scorer_hidden=rdep.scorer_hidden if full and rdep.adaptive_weighting else 0)
+
+
+class InstanceWeighting(NamedTuple):
+  """Adaptive instance weighting of 3D-R-DEP (recon3d_jax.weighting)."""
+  temperature: float  # w = softmax(scores / temperature) over the global batch.
+  kl_weight: float  # lambda of + lambda * KL(w || uniform); 0 without regularisation.
+  weighted_terms: Sequence[str]  # Loss terms (losses.TERMS) that the weights multiply.
+
+
+def instance_weighting_for(config: ml_collections.ConfigDict) -> InstanceWeighting | None:
+  """The run's instance weighting, or None (plain batch mean) unless arm=full with
+  rdep.adaptive_weighting."""
+  if config.arm != "full" or not config.rdep.adaptive_weighting:
+    return None
+  r = config.rdep
+  return InstanceWeighting(temperature=r.temperature,
+                           kl_weight=r.kl_weight if r.regularization else 0.0,
+                           weighted_terms=tuple(r.weighted_terms))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -63,13 +88,32 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ReconMod
 
 
 def make_train_step(model: models.ReconModel, tx: optax.GradientTransformation,
-                    loss_weights: dict[str, float]) -> Callable[[State, dict], tuple[State, dict]]:
-  """Returns train_step(state, batch) -> (new state, scalar stats). Pure; jit it."""
+                    loss_weights: dict[str, float],
+                    instance_weighting: InstanceWeighting | None = None,
+                    ) -> Callable[[State, dict], tuple[State, dict]]:
+  """Returns train_step(state, batch) -> (new state, scalar stats). Pure; jit it.
+
+  With instance_weighting (the model must have a scorer), the weights w = softmax(scores / tau)
+  are computed on the global batch; the objective is sum_i w_i L_i over the weighted terms (the
+  plain mean over the others) + kl_weight * KL(w || uniform). The scorer is trained by this same
+  objective, which on its own would put all weight on the easiest instance; the KL term is what
+  keeps the weights spread (see recon3d_jax.weighting).
+  """
 
   def train_step(state: State, batch: dict) -> tuple[State, dict]:
     def loss_fn(params):
-      outputs = model.apply({"params": params}, batch["image"], batch["points"])
-      return losses.total_loss(outputs, batch, loss_weights)
+      images = models.input_images(batch, model.input_maps, model.depth_offset)
+      outputs = model.apply({"params": params}, images, batch["points"])
+      if instance_weighting is None:
+        return losses.total_loss(outputs, batch, loss_weights)
+      w = weighting.softmax_weights(outputs["score"], instance_weighting.temperature)
+      loss, stats = losses.total_loss(outputs, batch, loss_weights, w,
+                                      instance_weighting.weighted_terms)
+      kl = weighting.kl_to_uniform(w)
+      loss = loss + instance_weighting.kl_weight * kl
+      stats.update(weighting.weight_stats(w, batch["level"]))
+      stats.update({"loss/kl": kl, "loss/total": loss})
+      return loss, stats
 
     (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -105,6 +149,35 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+
+
+def init_encoder_from(state: State, workdir: str, mesh: Mesh) -> State:
+  """Replaces the encoder parameters of `state` by those of the run in `workdir` (its latest
+  checkpoint, restored through Orbax); the rest of the state is unchanged.
+
+  Raises ConfigError if workdir holds no trained run, or if its encoder's parameter names or
+  shapes differ from this model's (naming the first differing path and both shapes).
+  """
+  try:
+    _, params, stage1_config = evaluate.load(workdir, mesh=mesh)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"config.init_from={workdir!r}: {e}") from None
+  if stage1_config.arm != "stage1":
+    logging.warning("config.init_from=%r is a run of arm=%r, not a stage-1 (arm=stage1) run.",
+                    workdir, stage1_config.arm)
+  ours = dict(jax.tree_util.tree_flatten_with_path(state["params"]["backbone"])[0])
+  theirs = dict(jax.tree_util.tree_flatten_with_path(params["backbone"])[0])
+  for path in sorted(set(ours) | set(theirs), key=jax.tree_util.keystr):
+    mine = ours[path].shape if path in ours else "missing"
+    other = theirs[path].shape if path in theirs else "missing"
+    if mine != other:
+      raise config_lib.ConfigError(
+          f"config.init_from={workdir!r}: its encoder does not match this model's at "
+          f"backbone{jax.tree_util.keystr(path)}: checkpoint has {other}, this model has "
+          f"{mine}; expected a stage-1 run of the same encoder, width and input channels")
+  logging.info("Encoder initialised from %s (%d parameters).", workdir,
+               count_params(params["backbone"]))
+  return dict(state, params=dict(state["params"], backbone=params["backbone"]))
 
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -150,14 +223,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sources = pipeline.load_sources(config.data)
   loader = pipeline.train_loader(sources["train"], global_batch_size=config.batch_size,
                                  points_per_step=config.data.points_per_step, seed=config.seed,
-                                 supervision=config.data.supervision)
+                                 supervision=config.data.supervision,
+                                 max_level=config.data.max_level,
+                                 curriculum=config.data.curriculum,
+                                 total_steps=config.total_steps)
   data_iter = iter(loader)
   model, tx = build_model(config), make_optimizer(config)
   state = create_train_state(config, model, tx, mesh)
-  logging.info("Model parameters: %d", count_params(state["params"]))
+  logging.info("Model parameters: %d (%s)", count_params(state["params"]), ", ".join(
+      f"{name} {count_params(subtree)}" for name, subtree in state["params"].items()))
 
   manager = checkpoint_manager(workdir, config)
   start = manager.latest_step() or 0
+  if not start and config.arm == "full" and config.rdep.feature_extraction:
+    state = init_encoder_from(state, config.init_from, mesh)
   if start:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = manager.restore(start, args=ocp.args.Composite(
@@ -167,7 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _truncate_metrics(workdir, start)
     logging.info("Resumed from step %d.", start)
 
-  train_step = jit_train_step(make_train_step(model, tx, loss_weights_for(config)), mesh)
+  train_step = jit_train_step(make_train_step(model, tx, loss_weights_for(config),
+                                              instance_weighting_for(config)), mesh)
   writer = writers.MetricWriter(workdir)
   pending: list[tuple[int, dict]] = []  # Device-side stats not yet checked / written.
 

@@ -91,3 +91,75 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+SAMPLE_COLUMNS = ("image", "depth", "normals", "mask", "3D surface points", "voxels")
+
+
+def _depth_range(depth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+  fg = depth[mask]
+  return (float(fg.min()), float(fg.max())) if fg.size else (1.0, 3.0)
+
+
+def save_sample_grid(path: str, records: dict, title: str) -> None:
+  """Writes a PNG with one row per dataset record and the SAMPLE_COLUMNS above.
+
+  records: dict of (B, ...) record fields (image, depth, normal, mask, surface_points, voxels).
+  """
+  n = len(records["image"])
+  cols = len(SAMPLE_COLUMNS)
+  fig = plt.figure(figsize=(2.2 * cols, 2.2 * n))
+  for i in range(n):
+    mask = records["mask"][i] > 0
+    lo, hi = _depth_range(records["depth"][i], mask)
+    panels = [(records["image"][i], {}),
+              (np.ma.masked_where(~mask, records["depth"][i]), dict(vmin=lo, vmax=hi)),
+              (normals_to_rgb(records["normal"][i], mask), {}),
+              (mask, dict(cmap="gray"))]
+    for j, (panel, kwargs) in enumerate(panels):
+      ax = fig.add_subplot(n, cols, i * cols + j + 1)
+      ax.imshow(panel, interpolation="nearest", **{"cmap": "viridis", **kwargs})
+      ax.set_axis_off()
+    ax = fig.add_subplot(n, cols, i * cols + 5, projection="3d")
+    _draw_points(ax, records["surface_points"][i])
+    _setup_3d(ax)
+    ax = fig.add_subplot(n, cols, i * cols + 6, projection="3d")
+    voxels = records["voxels"][i]
+    centres = (np.argwhere(voxels > 0) + 0.5) / voxels.shape[0] * metrics.BOX_SIZE
+    _draw_points(ax, centres - metrics.BOX_SIZE / 2)
+    _setup_3d(ax)
+  for j, name in enumerate(SAMPLE_COLUMNS):
+    fig.axes[j].set_title(name, fontsize=9)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def save_level_grid(path: str, record: dict, targets: dict[str, dict], title: str) -> None:
+  """Writes a PNG of one record's 2.5D training targets at several supervision levels.
+
+  targets: level name -> dict(depth (H,W), depth_valid (H,W), normal (H,W,3), normal_valid);
+  holes (invalid pixels) are drawn white.
+  """
+  mask = record["mask"] > 0
+  lo, hi = _depth_range(record["depth"], mask)
+  names = list(targets)
+  fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.2 * (len(names) + 1), 4.6))
+  axes[0, 0].imshow(record["image"], interpolation="nearest")
+  axes[0, 0].set_title("image", fontsize=9)
+  axes[1, 0].set_axis_off()
+  for j, name in enumerate(names, 1):
+    t = targets[name]
+    axes[0, j].imshow(np.ma.masked_where(t["depth_valid"] < 0.5, t["depth"]), cmap="viridis",
+                      vmin=lo, vmax=hi, interpolation="nearest")
+    axes[0, j].set_title(f"depth: {name}", fontsize=9)
+    axes[1, j].imshow(normals_to_rgb(t["normal"], t["normal_valid"] > 0.5),
+                      interpolation="nearest")
+    axes[1, j].set_title(f"normals: {name}", fontsize=9)
+  for ax in axes.flat:
+    ax.set_axis_off()
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

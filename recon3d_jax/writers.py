@@ -38,8 +38,9 @@ class MetricWriter:
 
 
 def atomic_write(path: str, text: str) -> None:
-  """Writes text to path through a temporary file: a reader never sees half a file."""
-  tmp = path + ".tmp"
+  """Writes text to path through a temporary file: a reader never sees half a file, and
+  concurrent writers (processes) never share a temporary file."""
+  tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)

@@ -76,7 +76,9 @@ def test_training_batches_follow_the_documented_contract(tiny_config, sources):
   b, h, m = c.batch_size, c.data.image_size, c.data.points_per_step
   expected = {"image": (b, h, h, 3), "depth": (b, h, h), "normal": (b, h, h, 3),
               "mask": (b, h, h), "depth_valid": (b, h, h), "normal_valid": (b, h, h),
-              "level": (b,), "points": (b, m, 3), "occ": (b, m), "index": (b,)}
+              "level": (b,), "points": (b, m, 3), "occ": (b, m), "index": (b,),
+              "voxels": (b,) + (c.data.voxel_resolution,) * 3, "depth_clean": (b, h, h),
+              "normal_clean": (b, h, h, 3)}
   assert {k: v.shape for k, v in batch.items()} == expected
   assert batch["image"].dtype == np.float32 and 0 <= batch["image"].min() <= 1
   assert set(np.unique(batch["mask"])) <= {0.0, 1.0} and set(np.unique(batch["occ"])) <= {0.0, 1.0}
@@ -93,13 +95,16 @@ def test_supervision_levels_corrupt_only_training_targets(tiny_config, sources):
       supervision=spec))
   clean, noisy = next(loader("clean")), next(loader("extreme"))
   np.testing.assert_array_equal(clean["index"], noisy["index"])  # Same instances, same order.
-  np.testing.assert_array_equal(clean["image"], noisy["image"])  # Inputs never corrupted.
+  np.testing.assert_array_equal(clean["image"], noisy["image"])  # Inputs never corrupted ...
+  np.testing.assert_array_equal(clean["depth"], noisy["depth_clean"])  # ... nor oracle inputs.
   np.testing.assert_array_equal(clean["normal_valid"], clean["mask"])
   assert (clean["level"] == -1).all() and (noisy["level"] == LEVELS.index("extreme")).all()
   for key in ("normal_valid", "depth_valid"):
     valid, mask = noisy[key] > 0, noisy["mask"] > 0
     assert not (valid & ~mask).any()  # Never valid off the object ...
     assert 0.5 < valid.sum() / mask.sum() < 0.9  # ... and extreme-level holes remove some.
+  # One simulated acquisition per instance: depth and normals share their holes.
+  np.testing.assert_array_equal(noisy["normal_valid"], noisy["depth_valid"])
   valid = noisy["normal_valid"] > 0
   angle = np.degrees(np.arccos(np.clip(np.sum(noisy["normal"] * clean["normal"], -1), -1, 1)))
   assert np.median(angle[valid]) > 20  # Extreme level: tens of degrees of error.
@@ -117,3 +122,42 @@ def test_level_mixtures_are_exact_per_dataset(tiny_config):
   assert pipeline.instance_levels("clean", 48, seed=0) is None
   with pytest.raises(ValueError, match="medium-rare"):
     pipeline.parse_supervision("medium-rare")
+
+
+def _levels_of(batches, levels):
+  return np.concatenate([levels[b["index"]] for b in batches])
+
+
+def test_max_level_drops_harder_instances(tiny_config, sources):
+  c = tiny_config
+  spec = "uniform"
+  levels = pipeline.instance_levels(spec, len(sources["train"]), seed=0)
+  loader = iter(pipeline.train_loader(
+      sources["train"], global_batch_size=c.batch_size, points_per_step=c.data.points_per_step,
+      seed=0, supervision=spec, max_level="low"))
+  seen = _levels_of([next(loader) for _ in range(12)], levels)
+  kept = np.flatnonzero(levels <= LEVELS.index("low"))
+  assert set(seen) <= {0, 1}
+  # Every kept instance is still used (96 draws over the kept pool of ~19 instances).
+  indices = np.concatenate([b["index"] for b in [next(loader) for _ in range(12)]])
+  assert set(indices.tolist()) == set(kept.tolist())
+  with pytest.raises(ValueError, match="clean"):
+    pipeline.train_loader(sources["train"], global_batch_size=8, points_per_step=8, seed=0,
+                          max_level="low")
+
+
+def test_curriculum_unlocks_levels_easy_to_hard():
+  levels = np.repeat([0, 2, 4], [10, 20, 30])
+  rng = np.random.default_rng(0)
+  record_levels = levels[rng.permutation(60)]
+  sampler = pipeline.CurriculumSampler(record_levels, total_records=300, seed=3)
+  keys = np.array([sampler[j].record_key for j in range(300)])
+  stage_levels = record_levels[keys].reshape(3, 100)
+  assert stage_levels[0].max() == 0 and stage_levels[1].max() == 2
+  assert set(stage_levels[2]) == {0, 2, 4}
+  # Within a stage the pool is visited as whole passes: the first 10 draws are 10 distinct
+  # level-0 records; draws are a pure function of (seed, index), so resuming is exact.
+  assert len(set(keys[:10])) == 10
+  again = pipeline.CurriculumSampler(record_levels, total_records=300, seed=3)
+  assert [again[j].record_key for j in (250, 7, 120)] == [keys[250], keys[7], keys[120]]
+  assert sampler[299].record_key == keys[299]  # Beyond the schedule: the hardest stage.

@@ -13,6 +13,7 @@ import pytest
 from scipy import optimize
 from scipy import stats
 
+from recon3d_jax.data import variants
 from recon3d_jax.geometry import camera as camera_lib
 from recon3d_jax.geometry import groundtruth
 from recon3d_jax.geometry import render as render_lib
@@ -57,7 +58,7 @@ def _kind_slice(kind):
 # the random shapes.
 _BOX_HALF = np.array([0.5, 0.3, 0.15])
 _CYLINDER = (0.3, 0.45)  # radius, half height
-_BIG_RADIUS = 5.0  # too big for the default candidate count: the fallback path
+_BIG_RADIUS = 5.0  # far outside the unit cube
 BOX, CYLINDER, BIG_SPHERE = NUM_RANDOM, NUM_RANDOM + 1, NUM_RANDOM + 2
 
 
@@ -77,7 +78,8 @@ def _surface_batch():
 _GREY_LIGHT = dict(light_dir=np.array([0.0, 1.0, 0.0], np.float32),
                    albedo=np.array([0.8, 0.6, 0.4], np.float32),
                    ambient=np.float32(0.2),
-                   background=np.array([0.1, 0.2, 0.3], np.float32))
+                   background=np.array([0.1, 0.2, 0.3], np.float32),
+                   stripe_dir=np.array([1.0, 0.0, 0.0], np.float32))
 # (shape, azimuth, elevation) for the closed-form renders, batch indices 0..3.
 _RENDER_CASES = [
     (sdf_lib.make_shape('sphere', [0.5, 0, 0, 0]), 0.3, 0.5),
@@ -97,9 +99,10 @@ def _render_batch():
   az, el = jax.random.uniform(view_key, (2, NUM_RANDOM), minval=-1.0, maxval=1.0)
   random = (_random_shapes(),
             jax.vmap(camera_lib.look_at_camera)(np.pi * az, 0.7 * el),
-            jax.vmap(render_lib.random_lighting)(jax.random.split(light_key, NUM_RANDOM)))
+            jax.vmap(lambda k: variants.sample_appearance(k, variants.Variant()))(
+                jax.random.split(light_key, NUM_RANDOM)))
   batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), closed_form, random)
-  out = jax.jit(jax.vmap(lambda s, c, l: render_lib.render(s, c, IMAGE_SIZE, **l)))(*batch)
+  out = jax.jit(jax.vmap(lambda s, c, l: render_lib.render(s, c, IMAGE_SIZE, l)))(*batch)
   return batch, jax.tree.map(np.asarray, out)
 
 
@@ -351,9 +354,9 @@ def test_surface_points_area_uniform_on_cylinder():
   assert stats.kstest(side_y, stats.uniform(-half_height, 2 * half_height).cdf).pvalue > 1e-3
 
 
-def test_surface_points_fallback_when_too_few_candidates():
-  # A radius-5 sphere fills only ~1% of its box with shell: the remaining points
-  # are the nearest non-shell candidates, still projected onto the surface.
+def test_surface_points_on_a_large_sphere():
+  # Candidate cells scale with the shape's box: a radius-5 sphere is sampled
+  # like a unit one.
   _, points, normals = _surface_batch()
   radius = np.linalg.norm(points[BIG_SPHERE], axis=-1)
   np.testing.assert_allclose(radius, _BIG_RADIUS, atol=1e-5 * _BIG_RADIUS)

@@ -108,7 +108,7 @@ def test_arms_and_arm_weights():
 
 
 def test_unknown_arm_lists_valid_arms():
-  with pytest.raises(ValueError, match=r"unknown arm 'nromal'.*'both', 'depth', 'normal'"):
+  with pytest.raises(ValueError, match=r"unknown arm 'nromal'.*'both', 'depth', 'full', 'normal'"):
     losses.arm_weights('nromal')
 
 
@@ -165,3 +165,41 @@ def test_weights_must_name_every_term(data):
   outputs, batch = data
   with pytest.raises(ValueError, match='exactly the keys'):
     losses.total_loss(outputs, batch, dict(occupancy=1.0, normals=1.0))
+
+
+def test_voxel_loss_replaces_the_point_loss_for_the_voxel_decoder(data):
+  outputs, batch = data
+  rng = np.random.default_rng(1)
+  logits = rng.normal(0, 3, (B, 4, 4, 4)).astype(np.float32)
+  voxels = (rng.uniform(size=(B, 4, 4, 4)) > 0.5).astype(np.uint8)
+  want = np_bce(logits, voxels).mean((1, 2, 3))
+  np.testing.assert_allclose(losses.voxel_loss(logits, voxels), want, rtol=1e-5)
+  terms = losses.loss_terms(dict(outputs, voxel_logits=logits), dict(batch, voxels=voxels))
+  np.testing.assert_allclose(terms['occupancy'], want, rtol=1e-5)
+  with pytest.raises(ValueError, match=r'voxel decoder needs batch\["voxels"\]'):
+    losses.loss_terms(dict(outputs, voxel_logits=logits), batch)
+
+
+def test_instance_weights_multiply_only_the_weighted_terms(data):
+  outputs, batch = data
+  weights = losses.arm_weights('both', 0.5, 2.0, 0.3)
+  terms = {k: np.asarray(v, np.float64) for k, v in losses.loss_terms(outputs, batch).items()}
+  w = np.array([0.6, 0.3, 0.1], np.float32)
+  got, _ = losses.total_loss(outputs, batch, weights, w, weighted_terms=('normal', 'depth'))
+  weighted = weights['normal'] * terms['normal'] + weights['depth'] * terms['depth']
+  plain = weights['occupancy'] * terms['occupancy'] + weights['silhouette'] * terms['silhouette']
+  np.testing.assert_allclose(got, (w * weighted).sum() + plain.mean(), rtol=1e-5)
+  # B * w_i multiplies the per-instance loss: uniform weights give the plain mean.
+  uniform, _ = losses.total_loss(outputs, batch, weights, np.full(B, 1 / B, np.float32),
+                                 weighted_terms=('normal',))
+  np.testing.assert_allclose(uniform, losses.total_loss(outputs, batch, weights)[0], rtol=1e-5)
+  with pytest.raises(ValueError, match="weighted_terms must be among"):
+    losses.total_loss(outputs, batch, weights, w, weighted_terms=('normals',))
+
+
+def test_new_arms():
+  both = losses.arm_weights('both')
+  for arm in ('full', 'oracle', 'sketch'):
+    assert losses.arm_weights(arm) == both, arm
+  assert losses.arm_weights('stage1') == dict(occupancy=0.0, normal=1.0, depth=1.0,
+                                              silhouette=0.1)

@@ -4,9 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import interpolate, ndimage
 
 from recon3d_jax import losses
 from recon3d_jax import models
+from recon3d_jax.data import synth
+from recon3d_jax.geometry import camera
+from recon3d_jax.models import pixel_aligned, voxel
 from recon3d_jax.models.resnet import ResNetEncoder
 
 B, S, M = 2, 16, 32
@@ -76,12 +80,17 @@ def test_model_is_stateless(tiny):
   assert set(variables) == {'params'}  # No batch statistics: train and eval are identical.
 
 
-def test_encode_then_decode_matches_call(tiny):
-  model, variables, out, images, points = tiny
-  code = jax.jit(lambda v, x: model.apply(v, x, method=models.ReconModel.encode))(variables, images)
-  logits = model.apply(variables, code, points, method=models.ReconModel.decode_occupancy)
-  np.testing.assert_allclose(code, out['code'], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(logits, out['occ_logits'], rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize('variant', [dict(), dict(decoder='voxel', voxel_resolution=8),
+                                     dict(pixel_aligned=True)])
+def test_encode_then_decode_matches_call(variant):
+  model = models.ReconModel(**TINY, **variant)
+  images, points = make_inputs()
+  out, variables = jax.jit(model.init_with_output)(KEY, images, points)
+  latent = jax.jit(lambda v, x: model.apply(v, x, method=models.ReconModel.encode))(variables,
+                                                                                      images)
+  logits = model.apply(variables, latent, points, method=models.ReconModel.decode_occupancy)
+  np.testing.assert_allclose(latent['code'], out['code'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(logits, out['occ_logits'], rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_are_finite_and_reach_every_parameter(training):
@@ -126,3 +135,118 @@ def test_rejects_bad_shapes(tiny):
   model, variables, _, images, points = tiny
   with pytest.raises(ValueError, match='expected images'):
     model.apply(variables, images[0], points)
+
+
+def test_voxel_decoder_grid_and_interpolated_occupancy():
+  model = models.ReconModel(**TINY, decoder='voxel', voxel_resolution=16)
+  images, points = make_inputs()
+  out, variables = jax.jit(model.init_with_output)(KEY, images, points)
+  assert out['voxel_logits'].shape == (B, 16, 16, 16) and out['occ_logits'].shape == (B, M)
+  want = _scipy_trilinear(np.asarray(jax.nn.sigmoid(out['voxel_logits'])), np.asarray(points))
+  np.testing.assert_allclose(jax.nn.sigmoid(out['occ_logits']), want, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='voxel resolution 24: expected 4 times a power of 2'):
+    jax.eval_shape(models.ReconModel(**TINY, decoder='voxel', voxel_resolution=24).init, KEY,
+                   images, points)
+  with pytest.raises(ValueError, match="unknown decoder 'mesh'"):
+    jax.eval_shape(models.ReconModel(**TINY, decoder='mesh').init, KEY, images, points)
+
+
+def _scipy_trilinear(probs, points):
+  """Reference: scipy's RegularGridInterpolator over the dataset's voxel centres, with one layer
+  of zeros around the unit cube and 0 beyond it."""
+  r = probs.shape[-1]
+  centres = (np.arange(-1, r + 1) + 0.5) / r - 0.5
+  out = []
+  for p, x in zip(probs, points):
+    padded = np.pad(p, 1)
+    f = interpolate.RegularGridInterpolator((centres,) * 3, padded, bounds_error=False,
+                                            fill_value=0.0)
+    out.append(f(x))
+  return np.stack(out)
+
+
+def test_trilinear_interpolation_matches_scipy():
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(size=(2, 8, 8, 8)).astype(np.float32)
+  points = rng.uniform(-0.55, 0.55, (2, 500, 3)).astype(np.float32)
+  # Exactly at voxel centres, on the unit cube's faces and outside the padding layer too.
+  centres = (np.array([[0, 0, 0], [7, 3, 5], [2, 7, 1]]) + 0.5) / 8 - 0.5
+  points[:, :3] = centres
+  points[:, 3:5] = [[0.5, 0.1, -0.5], [0.6, 0.0, 0.0]]
+  got = voxel.interpolate_probabilities(jnp.asarray(probs), jnp.asarray(points))
+  np.testing.assert_allclose(got, _scipy_trilinear(probs, points), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[:, :3], probs[:, [0, 7, 2], [0, 3, 7], [0, 5, 1]], rtol=1e-6)
+  assert np.all(np.asarray(got[:, 4]) == 0.0)  # Beyond the padding layer.
+  np.testing.assert_allclose(jax.nn.sigmoid(voxel.probabilities_to_logits(got)), got, atol=2e-6)
+
+
+def test_projection_inverts_the_dataset_camera():
+  """Points along the viewer camera's ray through pixel (i, j) project to that pixel's centre."""
+  size = 8
+  origins, directions = camera.camera_rays(synth.viewer_camera(), size)
+  for t in (1.7, 2.5):
+    coords = pixel_aligned.project(origins + t * directions)
+    centres = (np.arange(size) + 0.5) / size * 2 - 1
+    np.testing.assert_allclose(coords[..., 0], np.broadcast_to(centres, (size, size)), atol=1e-5)
+    np.testing.assert_allclose(coords[..., 1], np.broadcast_to(centres[:, None], (size, size)),
+                               atol=1e-5)
+  assert pixel_aligned.CAMERA_DISTANCE == synth.CAMERA_DISTANCE
+  assert pixel_aligned.FOV_DEG == synth.FOV_DEG
+
+
+def test_bilinear_sampling_matches_scipy():
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+  coords = rng.uniform(-1.2, 1.2, (2, 50, 2)).astype(np.float32)
+  got = pixel_aligned.bilinear_sample(jnp.asarray(features), jnp.asarray(coords))
+  for b in range(2):
+    rows = (coords[b, :, 1] + 1) / 2 * 4 - 0.5
+    cols = (coords[b, :, 0] + 1) / 2 * 6 - 0.5
+    for c in range(3):
+      want = ndimage.map_coordinates(features[b, ..., c], [rows, cols], order=1, mode='nearest')
+      np.testing.assert_allclose(got[b, :, c], want, rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_aligned_decoder_reads_the_feature_under_each_point():
+  """Changing the image at the pixel a point projects to changes that point's logit only if the
+  decoder is pixel-aligned (the global code sees every pixel either way)."""
+  model = models.ReconModel(**TINY, pixel_aligned=True)
+  images, points = make_inputs()
+  variables = jax.jit(model.init)(KEY, images, points)
+  params = variables['params']
+  assert params['occupancy']['embed']['kernel'].shape == (3 + TINY['encoder_width'], 16)
+
+  def local(images):
+    latent = model.apply(variables, images, method=models.ReconModel.encode)
+    return pixel_aligned.pixel_aligned_features(latent['features'], points)
+
+  jac = jax.jacobian(lambda x: local(x)[0, 0].sum())(images)
+  col, row = (np.asarray(pixel_aligned.project(points[0, 0])) + 1) / 2 * S - 0.5
+  energy = np.abs(np.asarray(jac[0])).sum(-1)
+  i, j = np.unravel_index(np.argmax(energy), energy.shape)
+  # The finest map is at H/2 with 3x3 convs: its receptive field peaks near the point's pixel.
+  assert abs(i - row) <= 3 and abs(j - col) <= 3, ((i, j), (row, col))
+
+
+def test_oracle_input_images():
+  """The oracle reads the clean ground-truth maps, never the corrupted training targets."""
+  images, _ = make_inputs()
+  mask = np.zeros((B, S, S), np.float32)
+  mask[:, 4:10, 4:10] = 1
+  depth_clean = np.where(mask > 0, 2.0, 0.0).astype(np.float32)
+  depth = depth_clean.copy()
+  depth[:, 4, 4] = np.nan  # A hole of the corrupted target: never reaches the input.
+  normal = np.zeros((B, S, S, 3), np.float32)
+  normal[..., 2] = -mask
+  batch = dict(image=images, mask=mask, depth=depth, depth_clean=depth_clean,
+               normal=normal + 0.3, normal_clean=normal)
+  np.testing.assert_array_equal(models.input_images(batch, False), images)
+  got = np.asarray(models.input_images(batch, True))
+  assert got.shape == (B, S, S, 7)
+  np.testing.assert_array_equal(got[..., :3], images)
+  want_depth = np.where(mask > 0, 2.0 - 2.2, 0.0)
+  np.testing.assert_allclose(got[..., 3], want_depth, rtol=1e-6)
+  np.testing.assert_array_equal(got[..., 4:], normal)
+  # An evaluation record has only the (clean) depth / normal.
+  record = dict(image=images, mask=mask, depth=depth_clean, normal=normal)
+  np.testing.assert_array_equal(np.asarray(models.input_images(record, True)), got)

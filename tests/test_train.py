@@ -50,6 +50,29 @@ def test_run_writes_logs_checkpoints_and_evaluation(uninterrupted, tiny_config):
   assert summary["test"]["num_instances"] == 8
 
 
+@pytest.mark.slow
+def test_full_arm_with_voxel_decoder_end_to_end(uninterrupted, tiny_config, tmp_path):
+  """3D-R-DEP on mixed-quality supervision, encoder from an earlier run, voxel decoder: weight
+  statistics are logged and every evaluation metric (ECE included) is finite."""
+  workdir_a, state_a = uninterrupted
+  config = _copy(tiny_config, arm="full", init_from=workdir_a,
+                 **{"model.decoder": "voxel", "data.supervision": "minimal:0.5,extreme:0.5"})
+  workdir = str(tmp_path)
+  state = train.train_and_evaluate(config, workdir)
+  assert "voxels" in state["params"] and "scorer" in state["params"]
+  rows = [r for r in writers.read_metrics(workdir) if "train/loss/total" in r]
+  assert [r["step"] for r in rows] == list(range(2, config.total_steps + 1, 2))
+  for r in rows:
+    assert 0 < r["train/weights/entropy"] <= np.log(config.batch_size) + 1e-5
+    assert 1 / config.batch_size - 1e-6 <= r["train/weights/max"] <= 1
+    assert -1 <= r["train/weights/corr_level"] <= 1 and r["train/loss/kl"] >= 0
+  with open(os.path.join(workdir, "eval", "test.jsonl")) as f:
+    instance_rows = [json.loads(line) for line in f]
+  assert len(instance_rows) == 8
+  for r in instance_rows:
+    assert all(np.isfinite(v) for v in r.values()) and 0 <= r["ece"] <= 1
+
+
 def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_config, tmp_path,
                                                          monkeypatch):
   workdir_a, state_a = uninterrupted
@@ -166,7 +189,8 @@ def test_command_line_errors_exit_non_zero_with_one_message(tmp_path):
   bad_arm = _main("--config=configs/default.py:runlocal,arm=telepathy", f"--workdir={tmp_path}")
   assert bad_arm.returncode != 0
   assert bad_arm.stderr.strip().splitlines()[-1] == (
-      "error: config.arm='telepathy': expected one of ['both', 'depth', 'normal', 'vanilla']")
+      "error: config.arm='telepathy': expected one of "
+      "['both', 'depth', 'full', 'normal', 'oracle', 'sketch', 'stage1', 'vanilla']")
   not_a_run = _main(f"--workdir={tmp_path}", module="recon3d_jax.evaluate")
   assert not_a_run.returncode != 0
   assert not_a_run.stderr.strip().splitlines()[-1] == (

@@ -1,52 +1,66 @@
-"""TFDS builder for the procedurally rendered datasets (array_record; TensorFlow not needed).
+"""TFDS builder for the rendered benchmark datasets (array_record; TensorFlow not needed).
 
     builder = Recon3dSynth(config=SynthConfig.from_data_config(config.data),
                            data_dir=config.data.data_dir, file_format="array_record")
     builder.download_and_prepare()
     source = builder.as_data_source()["train"]   # random access, numpy records
 
+The registered suite (data/benchmarks.py) is also reachable by name once this module is imported:
+`tfds.builder("recon3d_synth/primitives-64", data_dir=DIR)`.
+
 Every instance is a pure function of (build seed, split, index), so a dataset is reproducible
-bit for bit, and its config name encodes everything that changes its contents. TFDS writes into an
-`incomplete.*` folder and renames it at the end, so an interrupted build never looks complete.
+bit for bit, and its config name encodes everything that changes its contents: the registered
+name `<benchmark>-<size>` for the default sizes, plus the training-set size and a content hash
+otherwise. A dataset's first N training instances are the same whatever its total size, and its
+validation/test instances do not depend on the training size. TFDS writes into an `incomplete.*`
+folder and renames it at the end, so an interrupted build never looks complete.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from recon3d_jax.data import synth
+from recon3d_jax.data import benchmarks, synth, variants
 
 GENERATION_CHUNK = 32  # Samples rendered per jitted call.
+# The 25 real meshes shipped with the repository (see assets/meshes/README.md).
+BUNDLED_MESH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "assets",
+                                "meshes")
+SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(eq=False)
 class SynthConfig(tfds.core.BuilderConfig):
-  """Everything that determines a synthetic dataset's contents."""
-  domain: str = "primitives"
+  """Everything that determines a rendered dataset's contents (plus how to treat bad meshes)."""
+  benchmark: str = "primitives"
   image_size: int = 64
-  num_train: int = 2000
-  num_validation: int = 100
-  num_test: int = 200
-  num_surface_points: int = 2048
-  num_uniform_points: int = 2048
-  num_near_points: int = 2048
-  voxel_resolution: int = 32
+  num_train: int = benchmarks.DEFAULT_SIZES["num_train"]
+  num_validation: int = benchmarks.DEFAULT_SIZES["num_validation"]
+  num_test: int = benchmarks.DEFAULT_SIZES["num_test"]
+  num_surface_points: int = benchmarks.DEFAULT_SIZES["num_surface_points"]
+  num_uniform_points: int = benchmarks.DEFAULT_SIZES["num_uniform_points"]
+  num_near_points: int = benchmarks.DEFAULT_SIZES["num_near_points"]
+  voxel_resolution: int = benchmarks.DEFAULT_SIZES["voxel_resolution"]
   build_seed: int = 0
+  mesh_dir: str = ""  # `meshes` domain: a folder of .off/.obj/.ply files; "" = bundled meshes.
+  on_bad_mesh: str = "fail"  # "fail" or "skip" a mesh that cannot be used (not in the name).
 
   @classmethod
   def from_data_config(cls, data) -> "SynthConfig":
-    """Builds the TFDS config from `config.data`; the name is readable plus a content hash."""
+    """Builds the TFDS config from `config.data`: the registered name if the sizes are the
+    registered defaults, else the name plus training size and a hash of the contents."""
     fields = {f.name: data[f.name] for f in dataclasses.fields(cls)
               if f.name not in {f2.name for f2 in dataclasses.fields(tfds.core.BuilderConfig)}}
-    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-    name = f"{fields['domain']}-{fields['image_size']}px-{fields['num_train']}-{digest}"
-    return cls(name=name, **fields)
+    benchmarks.get(fields["benchmark"])  # Validates the name.
+    return cls(name=_config_name(fields), **fields)
 
   @property
   def sizes(self) -> dict[str, int]:
@@ -54,60 +68,132 @@ class SynthConfig(tfds.core.BuilderConfig):
                 num_uniform_points=self.num_uniform_points, num_near_points=self.num_near_points,
                 voxel_resolution=self.voxel_resolution)
 
+  def split_size(self, split: str) -> int:
+    return {"train": self.num_train, "validation": self.num_validation,
+            "test": self.num_test}[split]
+
+
+def _config_name(fields: dict) -> str:
+  base = f"{fields['benchmark']}-{fields['image_size']}"
+  content = {k: v for k, v in fields.items() if k != "on_bad_mesh"}
+  if fields["mesh_dir"]:
+    content["mesh_dir"] = mesh_folder_digest(fields["mesh_dir"])
+  registered = (fields["image_size"] in benchmarks.REGISTERED_IMAGE_SIZES
+                and all(fields[k] == v for k, v in benchmarks.DEFAULT_SIZES.items())
+                and fields["build_seed"] == 0 and not fields["mesh_dir"])
+  if registered:
+    return base
+  digest = hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
+  return f"{base}-n{fields['num_train']}-{digest}"
+
+
+def mesh_folder_digest(mesh_dir: str) -> str:
+  """Hash of a mesh folder's file names and bytes, so edited meshes make a new dataset."""
+  if not os.path.isdir(mesh_dir):
+    raise ValueError(f"mesh_dir {mesh_dir!r} is not a directory; expected a folder of "
+                     ".off/.obj/.ply files")
+  digest = hashlib.sha1()
+  for name in sorted(os.listdir(mesh_dir)):
+    path = os.path.join(mesh_dir, name)
+    if os.path.isfile(path):
+      digest.update(name.encode())
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()[:12]
+
 
 def _tensor(shape, dtype):
   return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
 
 
+def features(c: SynthConfig) -> tfds.features.FeaturesDict:
+  """The record schema (identical for every domain)."""
+  h, n, mu, mn, r = (c.image_size, c.num_surface_points, c.num_uniform_points,
+                     c.num_near_points, c.voxel_resolution)
+  return tfds.features.FeaturesDict({
+      "index": np.int64,
+      "image": _tensor((h, h, 3), np.uint8),
+      "depth": _tensor((h, h), np.float32),
+      "normal": _tensor((h, h, 3), np.float32),
+      "mask": _tensor((h, h), np.uint8),
+      "surface_points": _tensor((n, 3), np.float32),
+      "surface_normals": _tensor((n, 3), np.float32),
+      "points_uniform": _tensor((mu, 3), np.float32),
+      "occ_uniform": _tensor((mu,), np.uint8),
+      "points_near": _tensor((mn, 3), np.float32),
+      "occ_near": _tensor((mn,), np.uint8),
+      "voxels": _tensor((r, r, r), np.uint8),
+      "kind": np.int32,  # Shape family within the domain (the mesh id for `meshes`).
+      "azimuth": np.float32,
+      "elevation": np.float32,
+  })
+
+
+class Generator:
+  """Renders instances of one dataset config: `generate(split, indices)` -> batch of records."""
+
+  def __init__(self, c: SynthConfig):
+    self.config = c
+    self.benchmark = benchmarks.get(c.benchmark)
+    self.variant = variants.get_variant(self.benchmark.variant)
+    if self.benchmark.domain == "meshes":
+      from recon3d_jax.data import meshes  # Local: only mesh datasets need trimesh parsing.
+      self.meshes = meshes.load_meshes(c.mesh_dir or BUNDLED_MESH_DIR, on_error=c.on_bad_mesh)
+      self.family_names = tuple(self.meshes.names)
+    else:
+      self.family_names = synth.DOMAINS[self.benchmark.domain].families
+
+  def families(self, split: str) -> tuple[int, ...] | None:
+    return self.benchmark.split_families(split, self.family_names)
+
+  def generate(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """indices (B,) -> dict of (B, ...) numpy fields; B is padded to GENERATION_CHUNK inside so
+    the jitted renderers compile once."""
+    c = self.config
+    padded = np.pad(indices, (0, GENERATION_CHUNK - len(indices)), mode="edge")
+    keys = synth.sample_keys(c.build_seed, split, jnp.asarray(padded))
+    families = self.families(split)
+    if self.benchmark.domain == "meshes":
+      from recon3d_jax.data import meshes
+      allowed = np.arange(len(self.family_names)) if families is None else np.array(families)
+      batch = meshes.generate_batch(self.meshes, allowed[padded % len(allowed)], keys,
+                                    variant=self.variant, **c.sizes)
+    else:
+      batch = synth.generate_batch(keys, domain=self.benchmark.domain, variant=self.variant,
+                                   families=families, **c.sizes)
+    batch = jax.device_get(batch)
+    out = {k: np.asarray(v)[:len(indices)] for k, v in batch.items()}
+    out["index"] = indices.astype(np.int64)
+    return out
+
+
 class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
   """Rendered images + depth/normal/mask + surface points, occupancy points and voxels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Primitives domain."}
-  BUILDER_CONFIGS = [SynthConfig(name="default")]
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "Primitives domain.",
+                   "2.0.0": "Four domains, appearance variants, held-out families."}
+  BUILDER_CONFIGS = [
+      SynthConfig.from_data_config(dict(
+          benchmark=name, image_size=size, build_seed=0, mesh_dir="", on_bad_mesh="fail",
+          **benchmarks.DEFAULT_SIZES))
+      for name in benchmarks.BENCHMARKS for size in benchmarks.REGISTERED_IMAGE_SIZES]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    c = self.builder_config
-    h, n, mu, mn, r = (c.image_size, c.num_surface_points, c.num_uniform_points,
-                       c.num_near_points, c.voxel_resolution)
     return tfds.core.DatasetInfo(
         builder=self,
-        description="Procedurally generated single-image 3D reconstruction data (viewer-centred,"
-                    " unit-cube objects).",
-        features=tfds.features.FeaturesDict({
-            "index": np.int64,
-            "image": _tensor((h, h, 3), np.uint8),
-            "depth": _tensor((h, h), np.float32),
-            "normal": _tensor((h, h, 3), np.float32),
-            "mask": _tensor((h, h), np.uint8),
-            "surface_points": _tensor((n, 3), np.float32),
-            "surface_normals": _tensor((n, 3), np.float32),
-            "points_uniform": _tensor((mu, 3), np.float32),
-            "occ_uniform": _tensor((mu,), np.uint8),
-            "points_near": _tensor((mn, 3), np.float32),
-            "occ_near": _tensor((mn,), np.uint8),
-            "voxels": _tensor((r, r, r), np.uint8),
-            "kind": np.int32,
-            "azimuth": np.float32,
-            "elevation": np.float32,
-        }),
-    )
+        description="Rendered single-image 3D reconstruction data (viewer-centred, unit-cube "
+                    "objects); see recon3d_jax/data/benchmarks.py.",
+        features=features(self.builder_config))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded: everything is rendered.
-    c = self.builder_config
-    return {split: self._generate_examples(split, count) for split, count in
-            (("train", c.num_train), ("validation", c.num_validation), ("test", c.num_test))}
+    generator = Generator(self.builder_config)
+    return {split: self._generate_examples(generator, split) for split in SPLITS}
 
-  def _generate_examples(self, split: str, count: int):
-    c = self.builder_config
+  def _generate_examples(self, generator: Generator, split: str) -> Iterator:
+    count = self.builder_config.split_size(split)
     for start in range(0, count, GENERATION_CHUNK):
-      indices = np.arange(start, min(start + GENERATION_CHUNK, count))
-      # Pad to a fixed chunk so the jitted generator compiles once.
-      padded = np.pad(indices, (0, GENERATION_CHUNK - len(indices)), mode="edge")
-      keys = synth.sample_keys(c.build_seed, split, jnp.asarray(padded))
-      batch = jax.device_get(synth.generate_batch(keys, domain=c.domain, **c.sizes))
-      for row, index in enumerate(indices):
-        example = {k: np.asarray(v[row]) for k, v in batch.items()}
-        example["index"] = int(index)
-        yield int(index), example
+      batch = generator.generate(split, np.arange(start, min(start + GENERATION_CHUNK, count)))
+      for row, index in enumerate(batch["index"]):
+        yield int(index), {k: v[row] for k, v in batch.items()}

@@ -5,14 +5,21 @@ Training batches (per process, B = global batch / process count, M = points_per_
   depth_valid, normal_valid (B,H,W) float32: pixels whose 2.5D target exists (mask minus holes);
   level (B,) int32 supervision level index into corrupt.LEVELS, -1 for clean targets;
   points (B,M,3) viewer-centred query points, half uniform in the 1.1 box, half near the surface;
-  occ (B,M) float32 inside/outside labels; index (B,) instance index in its split.
+  occ (B,M) float32 inside/outside labels; voxels (B,R,R,R) uint8 [x,y,z] occupancy grid;
+  depth_clean, normal_clean: the uncorrupted maps (inputs of the `oracle` arm only);
+  index (B,) instance index in its split.
 Only the training depth/normal targets are corrupted (DESIGN.md section 5); input images and
-every evaluation target stay clean.
+every evaluation target stay clean. An instance's depth and normal targets come from one
+simulated 2.5D acquisition: they share their holes and bias direction (the same random draws),
+as maps from one sensor or estimator do; `both` then sees one consistent label pair.
+Hooks for the paper's negative results: `data.max_level` drops training instances above a level,
+`data.curriculum` orders training from easy to hard levels (`CurriculumSampler`).
 The grain iterator's state is checkpointed with the model, so a resumed run sees exactly the
 batches an uninterrupted run would.
 """
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import grain.python as grain
@@ -57,6 +64,7 @@ def instance_levels(spec: str, num_instances: int, seed: int) -> np.ndarray | No
 
 
 def get_builder(data_config) -> builder_lib.Recon3dSynth:
+  """The TFDS builder of `config.data` (see data/builder.py and data/benchmarks.py)."""
   return builder_lib.Recon3dSynth(
       config=builder_lib.SynthConfig.from_data_config(data_config),
       data_dir=data_config.data_dir, file_format="array_record")
@@ -75,6 +83,19 @@ def to_model_inputs(example: dict) -> dict:
   out["image"] = example["image"].astype(np.float32) / 255.0
   out["mask"] = example["mask"].astype(np.float32)
   return out
+
+
+def corrupt_targets(depth: np.ndarray, normal: np.ndarray, mask: np.ndarray, level: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+  """One simulated 2.5D acquisition at `level`: depth (H,W), normal (H,W,3), mask (H,W) ->
+  (depth, depth_valid, normal, normal_valid). Both maps use the same random draws, so they share
+  their holes and bias direction."""
+  acquisition = int(rng.integers(2 ** 63))
+  depth, depth_valid = corrupt.corrupt_depth(depth, mask, level,
+                                             np.random.default_rng(acquisition))
+  normal, normal_valid = corrupt.corrupt_normals(normal, mask, level,
+                                                 np.random.default_rng(acquisition))
+  return depth, depth_valid, normal, normal_valid
 
 
 class TrainExample(grain.RandomMapTransform):
@@ -96,38 +117,111 @@ class TrainExample(grain.RandomMapTransform):
     level = -1
     if self.levels is not None:
       level = int(self.levels[element["index"]])
-      depth, depth_valid = corrupt.corrupt_depth(depth, mask, level, rng)
-      normal, normal_valid = corrupt.corrupt_normals(normal, mask, level, rng)
+      depth, depth_valid, normal, normal_valid = corrupt_targets(depth, normal, mask, level, rng)
     return dict(
         image=example["image"], mask=mask, index=element["index"],
         depth=depth, depth_valid=depth_valid.astype(np.float32),
         normal=normal, normal_valid=normal_valid.astype(np.float32), level=np.int32(level),
         points=np.concatenate([element["points_uniform"][iu], element["points_near"][inear]]),
         occ=np.concatenate([element["occ_uniform"][iu],
-                            element["occ_near"][inear]]).astype(np.float32))
+                            element["occ_near"][inear]]).astype(np.float32),
+        voxels=element["voxels"], depth_clean=element["depth"], normal_clean=element["normal"])
+
+
+class SubsetSource(grain.RandomAccessDataSource):
+  """The records of `source` at `positions` (e.g. the instances kept by `data.max_level`)."""
+
+  def __init__(self, source, positions: np.ndarray):
+    self.source = source
+    self.positions = np.asarray(positions)
+
+  def __len__(self) -> int:
+    return len(self.positions)
+
+  def __getitem__(self, i: int):
+    return self.source[int(self.positions[i])]
+
+
+class CurriculumSampler:
+  """Grain sampler that unlocks supervision levels from easy to hard over the run.
+
+  The run's `total_records` draws are cut into as many equal stages as the data has levels; in
+  stage s, draws come from the instances whose level is among the s+1 easiest levels present,
+  each stage pool visited in a fresh random order per pass. Draw j is a pure function of
+  (seed, j), so the checkpointed loader state resumes it exactly.
+  """
+
+  def __init__(self, record_levels: np.ndarray, total_records: int, seed: int):
+    self.record_levels = np.asarray(record_levels)
+    self.stage_levels = np.unique(self.record_levels)
+    self.stage_length = max(1, -(-total_records // len(self.stage_levels)))
+    self.seed = seed
+    self._cached = (None, None)  # ((stage, pass), permutation) of the last pool pass.
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _pool_order(self, stage: int, pass_index: int) -> np.ndarray:
+    if self._cached[0] != (stage, pass_index):
+      pool = np.flatnonzero(self.record_levels <= self.stage_levels[stage])
+      rng = np.random.default_rng([self.seed, stage, pass_index])
+      self._cached = ((stage, pass_index), rng.permutation(pool))
+    return self._cached[1]
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    stage = min(index // self.stage_length, len(self.stage_levels) - 1)
+    offset = index - stage * self.stage_length
+    pool_size = int(np.sum(self.record_levels <= self.stage_levels[stage]))
+    order = self._pool_order(stage, offset // pool_size)
+    return grain.RecordMetadata(index=index, record_key=int(order[offset % pool_size]),
+                                rng=np.random.Generator(np.random.Philox(key=self.seed + index)))
 
 
 def train_loader(source, *, global_batch_size: int, points_per_step: int, seed: int,
-                 supervision: str = CLEAN) -> grain.DataLoader:
+                 supervision: str = CLEAN, max_level: str = "", curriculum: bool = False,
+                 total_steps: int | None = None) -> grain.DataLoader:
   """Infinite shuffled loader over `source`, sharded over JAX processes.
 
   supervision: quality of the 2.5D training targets (see `parse_supervision`); instance levels
-  are drawn once from `seed`.
+  are drawn once from `seed`. max_level: drop instances above this level. curriculum: easy to
+  hard over `total_steps` steps (`CurriculumSampler`). Both need corrupted supervision.
   """
   levels = instance_levels(supervision, len(source), seed)
+  if (max_level or curriculum) and levels is None:
+    raise ValueError("data.max_level and data.curriculum act on supervision levels; expected "
+                     f"data.supervision to be a level or a mixture, got {supervision!r}")
   process_count = jax.process_count()
   if global_batch_size % process_count:
     raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
                      f"{process_count} JAX processes")
-  sampler = grain.IndexSampler(
-      num_records=len(source),
-      shard_options=grain.ShardOptions(shard_index=jax.process_index(),
-                                       shard_count=process_count, drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=seed)
+  if max_level:
+    source = SubsetSource(source, _positions_at_most(source, levels, max_level))
+  shard = grain.ShardOptions(shard_index=jax.process_index(), shard_count=process_count,
+                             drop_remainder=True)
+  if curriculum:
+    if total_steps is None:
+      raise ValueError("a curriculum needs total_steps to pace its stages")
+    sampler = CurriculumSampler(_record_levels(source, levels), total_steps * global_batch_size,
+                                seed)
+  else:
+    sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
+                                 num_epochs=None, seed=seed)
   return grain.DataLoader(
-      data_source=source, sampler=sampler, worker_count=0,
+      data_source=source, sampler=sampler, worker_count=0, shard_options=shard,
       operations=[TrainExample(points_per_step, levels),
                   grain.Batch(global_batch_size // process_count, drop_remainder=True)])
+
+
+def _record_levels(source, levels: np.ndarray) -> np.ndarray:
+  """(len(source),) level of each stored record (records are stored in hashed order)."""
+  return levels[[int(source[i]["index"]) for i in range(len(source))]]
+
+
+def _positions_at_most(source, levels: np.ndarray, max_level: str) -> np.ndarray:
+  keep = corrupt.filter_max_level(_record_levels(source, levels), max_level)
+  if not keep.any():
+    raise ValueError(f"data.max_level={max_level!r} keeps no training instance")
+  return np.flatnonzero(keep)
 
 
 def eval_batches(source, batch_size: int, max_instances: int) -> Iterator[dict]:

@@ -12,27 +12,25 @@ rotated camera.
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from recon3d_jax.geometry import camera, groundtruth, render, sdf
+from recon3d_jax.data import variants
+from recon3d_jax.geometry import camera, csg, groundtruth, render
+from recon3d_jax.geometry import families as families_lib
 
 CAMERA_DISTANCE = 2.2
 FOV_DEG = 45.0
-ELEVATION_RANGE_DEG = (-15.0, 45.0)
 
-# Domain name -> function(key) -> sdf.Shape in its world frame. Later domains register here.
-DOMAINS: dict[str, Callable[[jax.Array], sdf.Shape]] = {
-    "primitives": sdf.random_primitive}
+# Domain name -> families_lib.Domain: `.families` (names; a sample's `kind` is its index) and
+# `.sample(key, families) -> csg.Csg` in its world frame.
+DOMAINS: dict[str, families_lib.Domain] = dict(families_lib.DOMAINS)
 
 
-def to_viewer_frame(shape: sdf.Shape, rotation: jax.Array) -> sdf.Shape:
+def to_viewer_frame(shape: csg.Csg, rotation: jax.Array) -> csg.Csg:
   """Rotates a world-frame shape into camera axes and renormalises it to the unit cube."""
-  rotated = shape._replace(rotation=rotation @ shape.rotation,
-                           translation=rotation @ shape.translation)
-  return sdf.normalize_shape(rotated)
+  return csg.normalize(csg.transform(shape, rotation, 1.0, jnp.zeros(3)))
 
 
 def viewer_camera() -> camera.Camera:
@@ -41,28 +39,29 @@ def viewer_camera() -> camera.Camera:
                            fov_deg=jnp.asarray(FOV_DEG))
 
 
-def make_sample(shape: sdf.Shape, key: jax.Array, *, image_size: int, num_surface_points: int,
-                num_uniform_points: int, num_near_points: int,
+def make_sample(shape: csg.Csg, key: jax.Array, *, variant: variants.Variant, image_size: int,
+                num_surface_points: int, num_uniform_points: int, num_near_points: int,
                 voxel_resolution: int) -> dict[str, jax.Array]:
-  """Renders a world-frame shape from a random viewpoint and computes its 3D ground truth.
+  """Renders a world-frame shape from a viewpoint and lighting drawn from `variant` and
+  computes its 3D ground truth.
 
   Returns (H = W = image_size, N/Mu/Mn/R the point counts and voxel resolution):
     image (H,W,3) uint8; depth (H,W) z-depth, 0 off the object; normal (H,W,3) camera-frame unit
     normals, 0 off the object; mask (H,W) uint8; surface_points/surface_normals (N,3);
     points_uniform (Mu,3) with occ_uniform (Mu,) uint8; points_near (Mn,3) with occ_near (Mn,);
-    voxels (R,R,R) uint8 indexed [x,y,z]; azimuth, elevation (radians).
+    voxels (R,R,R) uint8 indexed [x,y,z]; kind () int32 the shape's family id in its domain;
+    azimuth, elevation (radians).
   """
   k_view, k_light, k_surface, k_occ = jax.random.split(key, 4)
-  k_az, k_el = jax.random.split(k_view)
-  azimuth = jax.random.uniform(k_az, (), minval=0.0, maxval=2 * jnp.pi)
-  lo, hi = jnp.deg2rad(jnp.array(ELEVATION_RANGE_DEG))
-  elevation = jax.random.uniform(k_el, (), minval=lo, maxval=hi)
+  azimuth, elevation = variants.sample_view(k_view, variant)
   world_camera = camera.look_at_camera(azimuth, elevation, CAMERA_DISTANCE, FOV_DEG)
 
   view_shape = to_viewer_frame(shape, world_camera.rotation)
-  lighting = render.random_lighting(k_light)
-  lighting["light_dir"] = world_camera.rotation @ lighting["light_dir"]
-  images = render.render(view_shape, viewer_camera(), image_size, **lighting)
+  appearance = variants.sample_appearance(k_light, variant)
+  # World directions -> the viewer frame the shape is rendered in (stripes stay on the object).
+  for name in ("light_dir", "stripe_dir"):
+    appearance[name] = world_camera.rotation @ appearance[name]
+  images = render.render(view_shape, viewer_camera(), image_size, appearance, variant.texture)
 
   surface_points, surface_normals = groundtruth.surface_points(
       view_shape, k_surface, num_surface_points)
@@ -79,20 +78,44 @@ def make_sample(shape: sdf.Shape, key: jax.Array, *, image_size: int, num_surfac
       points_near=occupancy["points_near"],
       occ_near=occupancy["occ_near"].astype(jnp.uint8),
       voxels=groundtruth.voxelize(view_shape, voxel_resolution).astype(jnp.uint8),
-      kind=view_shape.kind.astype(jnp.int32),
+      kind=view_shape.family.astype(jnp.int32),
       azimuth=azimuth,
       elevation=elevation,
   )
 
 
-@functools.partial(jax.jit, static_argnames=("domain", "image_size", "num_surface_points",
-                                             "num_uniform_points", "num_near_points",
-                                             "voxel_resolution"))
-def generate_batch(keys: jax.Array, *, domain: str, **sizes) -> dict[str, jax.Array]:
-  """Vmapped make_sample over keys (B,) of one domain; every field gains a leading B axis."""
+def generate_batch(keys: jax.Array, *, domain: str, variant: variants.Variant,
+                   families: tuple[int, ...] | None, image_size: int, num_surface_points: int,
+                   num_uniform_points: int, num_near_points: int,
+                   voxel_resolution: int) -> dict[str, jax.Array]:
+  """Samples of one domain for keys (B,): make_sample vmapped, every field with a leading B axis.
+
+  `families` restricts the shapes to these family ids of the domain (None: all of them), e.g.
+  to hold whole families out of a training split. Everything but `keys` is static.
+  """
+  if domain not in DOMAINS:
+    raise ValueError(f"domain={domain!r}: expected one of {sorted(DOMAINS)}")
+  if not isinstance(variant, variants.Variant):
+    raise ValueError(f"variant={variant!r}: expected a variants.Variant")
+  families = _check_families(domain, families)
+  return _generate_batch(keys, domain=domain, variant=variant, families=families,
+                         image_size=image_size, num_surface_points=num_surface_points,
+                         num_uniform_points=num_uniform_points, num_near_points=num_near_points,
+                         voxel_resolution=voxel_resolution)
+
+
+def _check_families(domain: str, ids) -> tuple[int, ...]:
+  return families_lib.check_families(domain, DOMAINS[domain], ids)
+
+
+@functools.partial(jax.jit, static_argnames=("domain", "variant", "families", "image_size",
+                                             "num_surface_points", "num_uniform_points",
+                                             "num_near_points", "voxel_resolution"))
+def _generate_batch(keys, *, domain, variant, families, **sizes):
   def one(key):
     k_shape, k_sample = jax.random.split(key)
-    return make_sample(DOMAINS[domain](k_shape), k_sample, **sizes)
+    shape = DOMAINS[domain].sample(k_shape, families)
+    return make_sample(shape, k_sample, variant=variant, **sizes)
   return jax.vmap(one)(keys)
 
 

@@ -1,4 +1,4 @@
-"""Sphere tracing of SDFs and shaded rendering of primitives.
+"""Sphere tracing of SDFs and shaded rendering of primitives and compounds.
 
 Conventions (DESIGN.md section 3, see camera.py): depth is z-depth along the
 optical axis (not ray length), normals are unit outward vectors in the OpenCV
@@ -8,12 +8,14 @@ Background pixels have depth 0 and normal 0.
 import jax
 import jax.numpy as jnp
 
+from recon3d_jax.data import variants
 from recon3d_jax.geometry import camera as camera_lib
-from recon3d_jax.geometry import sdf as sdf_lib
+from recon3d_jax.geometry import csg
 
-# Radius of a sphere around the unit cube (half its diagonal, plus a margin);
-# rays are traced only inside it.
-_BOUNDING_RADIUS = 0.5 * 3 ** 0.5 + 0.01
+# Rays are traced only inside the shape's bounding box (within the unit cube),
+# padded by this margin.
+_BOX_MARGIN = 1e-3
+TRACE_STEPS = 64
 # Newton refinement: steps, forward-difference step for the slope, and where it
 # is trusted (non-grazing slope, short jump).
 _NEWTON_STEPS = 3
@@ -71,69 +73,54 @@ def sphere_trace(sdf_fn, origins, directions, near, far, num_steps=64, eps=1e-4)
   return t, hit
 
 
-def _bounding_interval(origins, directions, radius):
-  """Ray parameters (near, far) where unit rays cross a sphere at the origin.
+def _box_interval(origins, directions, lo, hi):
+  """Ray parameters (near, far) where unit rays cross the box [lo, hi] (slabs).
 
   Rays that miss it get near = far, i.e. an empty interval.
   """
-  b = jnp.sum(origins * directions, axis=-1)
-  c = jnp.sum(origins * origins, axis=-1) - radius ** 2
-  half_chord = jnp.sqrt(jnp.maximum(b * b - c, 0.0))
-  far = jnp.maximum(-b + half_chord, 0.0)
-  near = jnp.clip(-b - half_chord, 0.0, far)
+  inv = 1 / jnp.where(jnp.abs(directions) < 1e-12, 1e-12, directions)
+  t1, t2 = (lo - origins) * inv, (hi - origins) * inv
+  far = jnp.maximum(jnp.min(jnp.maximum(t1, t2), axis=-1), 0.0)
+  near = jnp.clip(jnp.max(jnp.minimum(t1, t2), axis=-1), 0.0, far)
   return near, far
 
 
-def render(shape: sdf_lib.Shape, camera: camera_lib.Camera, image_size: int,
-           light_dir, albedo, ambient, background):
-  """Renders a primitive that lies in the unit cube (see normalize_shape).
+def render(shape, camera: camera_lib.Camera, image_size: int, appearance: dict,
+           texture: float = 0.0, num_steps: int = TRACE_STEPS):
+  """Renders a shape that lies in the unit cube (see csg.normalize).
 
-  Shading is Lambertian plus ambient with a directional light:
-  rgb = albedo * (ambient + (1 - ambient) * max(0, n_world . light_dir)).
+  Shading is variants.shade (Lambertian plus ambient, optional stripes) of
+  the hit points and normals in the shape's frame.
 
   Args:
-    shape: the Shape, inside the unit cube.
+    shape: an sdf.Shape or csg.Csg inside the unit cube.
     camera: the Camera.
     image_size: static int H = W.
-    light_dir: (3,) unit direction towards the light, world frame.
-    albedo: (3,) surface colour in [0, 1].
-    ambient: () ambient fraction in [0, 1].
-    background: (3,) background colour in [0, 1].
+    appearance: dict from variants.sample_appearance, its directions in the
+      shape's frame.
+    texture: static stripe amplitude (variants.Variant.texture).
+    num_steps: static number of sphere-tracing steps.
 
   Returns:
     dict with rgb (H, W, 3) float32 in [0, 1]; depth (H, W) z-depth, 0 on the
     background; normal (H, W, 3) unit, camera frame, 0 on the background;
     mask (H, W) bool foreground.
   """
+  c = csg.as_csg(shape)
   origins, directions = camera_lib.camera_rays(camera, image_size)
-  near, far = _bounding_interval(origins, directions, _BOUNDING_RADIUS)
-  t, hit = sphere_trace(lambda p: sdf_lib.shape_sdf(shape, p), origins,
-                        directions, near, far)
-  normal_world = sdf_lib.shape_normal(shape, origins + t[..., None] * directions)
+  lo, hi = csg.bounding_box(c)
+  lo = jnp.maximum(lo, -0.5) - _BOX_MARGIN
+  hi = jnp.minimum(hi, 0.5) + _BOX_MARGIN
+  near, far = _box_interval(origins, directions, lo, hi)
+  t, hit = sphere_trace(lambda p: csg.csg_sdf(c, p), origins, directions, near, far,
+                        num_steps)
+  points = origins + t[..., None] * directions
+  normal = csg.csg_normal(c, points)
   forward = camera.rotation[2]
   depth = t * (directions @ forward)
-  shade = ambient + (1 - ambient) * jnp.maximum(normal_world @ light_dir, 0.0)
-  rgb = jnp.where(hit[..., None], albedo * shade[..., None], background)
+  rgb = variants.shade(points, normal, hit, appearance, texture)
   return dict(
-      rgb=jnp.clip(rgb, 0.0, 1.0).astype(jnp.float32),
+      rgb=rgb,
       depth=jnp.where(hit, depth, 0.0),
-      normal=jnp.where(hit[..., None],
-                       camera_lib.rotate_to_camera(camera, normal_world), 0.0),
+      normal=jnp.where(hit[..., None], camera_lib.rotate_to_camera(camera, normal), 0.0),
       mask=hit)
-
-
-def random_lighting(key):
-  """Random appearance: a light from the upper hemisphere on average, colours.
-
-  Returns:
-    dict with light_dir (3,) unit world direction towards the light (Gaussian
-    direction biased towards +y), albedo (3,) in [0.3, 1], ambient () in
-    [0.1, 0.4], background (3,) constant colour in [0, 1].
-  """
-  light_key, albedo_key, ambient_key, background_key = jax.random.split(key, 4)
-  light = jax.random.normal(light_key, (3,)) + jnp.array([0.0, 1.0, 0.0])
-  return dict(
-      light_dir=light / jnp.linalg.norm(light),
-      albedo=jax.random.uniform(albedo_key, (3,), minval=0.3, maxval=1.0),
-      ambient=jax.random.uniform(ambient_key, (), minval=0.1, maxval=0.4),
-      background=jax.random.uniform(background_key, (3,)))

@@ -20,6 +20,10 @@ described by `params` (4,) (unused entries are ignored):
   cone         (radius, half_height, -, -): base disc at y = -half_height,
                apex at y = +half_height
   ellipsoid    (radius_x, radius_y, radius_z, -)
+  superquadric (radius_x, radius_y, radius_z, exponent >= 2): the set
+               (|x|/rx)^e + (|y|/ry)^e + (|z|/rz)^e <= 1; e = 2 is the
+               ellipsoid, larger e tends to the box. Not a primitive-domain
+               kind; its SDF is a bound (see _superquadric).
 """
 import functools
 from typing import NamedTuple
@@ -29,6 +33,9 @@ import jax.numpy as jnp
 
 PRIMITIVE_KINDS = ('sphere', 'box', 'rounded_box', 'torus', 'capsule',
                    'cylinder', 'cone', 'ellipsoid')
+# Every kind a Shape can have: the primitives, then the part-only kinds.
+KINDS = PRIMITIVE_KINDS + ('superquadric',)
+ALL_KINDS = tuple(range(len(KINDS)))
 
 
 class Shape(NamedTuple):
@@ -56,7 +63,7 @@ def make_shape(kind, params, rotation=None, scale=1.0, translation=None) -> Shap
   Defaults: identity rotation, zero translation.
   """
   if isinstance(kind, str):
-    kind = PRIMITIVE_KINDS.index(kind)
+    kind = KINDS.index(kind)
   return Shape(
       kind=jnp.asarray(kind, jnp.int32),
       params=jnp.asarray(params, jnp.float32),
@@ -186,8 +193,19 @@ def _ellipsoid(p, params):
   return sum(ni / n_len * (ai - ci) for ni, ai, ci in zip(n, a, closest))
 
 
+def _superquadric(p, params):
+  # N(p) = ||p / r||_e is a norm of diag(1/r) p; for e >= 2 the l_e norm is at
+  # most the l_2 norm, so |N(p) - N(q)| <= |p - q| / min(r) and
+  # min(r) (N - 1) is 1-Lipschitz: a conservative bound (exact only for a
+  # sphere), zero exactly on the surface, whose gradient is normal there.
+  r, e = params[:3], params[3]
+  total = sum(jnp.exp(e * jnp.log(jnp.maximum(jnp.abs(pi) / ri, 1e-12)))
+              for pi, ri in zip(p, r))
+  return jnp.min(r) * (jnp.exp(jnp.log(jnp.maximum(total, 1e-30)) / e) - 1)
+
+
 _SDFS = (_sphere, _box, _rounded_box, _torus, _capsule, _cylinder, _cone,
-         _ellipsoid)
+         _ellipsoid, _superquadric)
 
 # Valid sizes for every kind. Under vmap, lax.switch evaluates all branches and
 # selects; the unselected ones get these sizes so their gradients stay finite.
@@ -200,6 +218,7 @@ _SAFE_PARAMS = jnp.array([
     [0.5, 0.5, 0.0, 0.0],
     [0.5, 0.5, 0.0, 0.0],
     [0.5, 0.5, 0.5, 0.0],
+    [0.5, 0.5, 0.5, 2.0],
 ], jnp.float32)
 
 
@@ -243,17 +262,32 @@ def _ellipsoid_support(v, params):
   return _norm(params[:3] * v)
 
 
+def _superquadric_support(v, params):
+  # The dual norm of the l_e norm is the l_e* norm, 1/e + 1/e* = 1.
+  e = params[3]
+  dual = e / (e - 1)
+  w = jnp.maximum(jnp.abs(params[:3] * v), 1e-20)
+  return jnp.exp(jnp.log(jnp.sum(jnp.exp(dual * jnp.log(w)), axis=-1)) / dual)
+
+
 _SUPPORTS = (_sphere_support, _box_support, _rounded_box_support,
              _torus_support, _capsule_support, _cylinder_support,
-             _cone_support, _ellipsoid_support)
+             _cone_support, _ellipsoid_support, _superquadric_support)
 
 
-def _switch(shape: Shape, fns, x):
-  """fns[shape.kind](x, params), with safe sizes for the unselected branches."""
+def _switch(shape: Shape, fns, x, kinds=ALL_KINDS):
+  """fns[shape.kind](x, params), with safe sizes for the unselected branches.
+
+  `kinds` (static) lists the kinds the shape may have: under vmap every listed
+  branch is evaluated, so a short list is faster; one kind needs no switch.
+  """
   def branch(k):
     return lambda x: fns[k](x, jnp.where(shape.kind == k, shape.params,
                                          _SAFE_PARAMS[k]))
-  return jax.lax.switch(shape.kind, [branch(k) for k in range(len(fns))], x)
+  if len(kinds) == 1:
+    return fns[kinds[0]](x, shape.params)
+  index = sum(jnp.where(shape.kind == k, i, 0) for i, k in enumerate(kinds))
+  return jax.lax.switch(index, [branch(k) for k in kinds], x)
 
 
 def _components(v):
@@ -270,17 +304,18 @@ def _local_sdf_and_grad(p, params, sdf_fn):
 # ----------------------------------------------------------------- public
 
 
-def shape_sdf(shape: Shape, points):
+def shape_sdf(shape: Shape, points, kinds=ALL_KINDS):
   """World-space signed distance (negative inside) of (..., 3) points -> (...,).
 
-  Exact, hence 1-Lipschitz. Works for a single shape under jit (one branch
-  runs) and for a vmapped batch of shapes of mixed kinds.
+  1-Lipschitz (exact but for superquadrics). Works for a single shape under
+  jit (one branch runs) and for a vmapped batch of shapes of the (static)
+  `kinds`.
   """
   local = ((points - shape.translation) @ shape.rotation) / shape.scale
-  return shape.scale * _switch(shape, _SDFS, _components(local))
+  return shape.scale * _switch(shape, _SDFS, _components(local), kinds)
 
 
-def shape_sdf_and_grad(shape: Shape, points):
+def shape_sdf_and_grad(shape: Shape, points, kinds=ALL_KINDS):
   """shape_sdf and its world-frame gradient: (..., 3) -> ((...,), (..., 3)).
 
   Differentiates inside each branch, which compiles about twice as fast as
@@ -288,32 +323,32 @@ def shape_sdf_and_grad(shape: Shape, points):
   """
   local = ((points - shape.translation) @ shape.rotation) / shape.scale
   fns = [functools.partial(_local_sdf_and_grad, sdf_fn=f) for f in _SDFS]
-  d, local_grad = _switch(shape, fns, local)
+  d, local_grad = _switch(shape, fns, local, kinds)
   # d/dp [s f(R^T (p - t) / s)] = R grad f.
   return shape.scale * d, local_grad @ shape.rotation.T
 
 
-def shape_normal(shape: Shape, points):
+def shape_normal(shape: Shape, points, kinds=ALL_KINDS):
   """Unit outward normals (..., 3) in the world frame: normalised SDF gradient."""
-  _, grad = shape_sdf_and_grad(shape, points)
+  _, grad = shape_sdf_and_grad(shape, points, kinds)
   return grad / _norm(grad)[..., None]
 
 
-def shape_aabb(shape: Shape):
+def shape_aabb(shape: Shape, kinds=ALL_KINDS):
   """Exact world axis-aligned bounding box -> (lo (3,), hi (3,)).
 
   From support functions: h_world(u) = u . t + s h_K(R^T u), and R^T e_i is
   row i of R.
   """
   dirs = shape.rotation
-  hi = shape.translation + shape.scale * _switch(shape, _SUPPORTS, dirs)
-  lo = shape.translation - shape.scale * _switch(shape, _SUPPORTS, -dirs)
+  hi = shape.translation + shape.scale * _switch(shape, _SUPPORTS, dirs, kinds)
+  lo = shape.translation - shape.scale * _switch(shape, _SUPPORTS, -dirs, kinds)
   return lo, hi
 
 
-def normalize_shape(shape: Shape) -> Shape:
+def normalize_shape(shape: Shape, kinds=ALL_KINDS) -> Shape:
   """Rescale and translate so the AABB has longest side 1 and is centred at 0."""
-  lo, hi = shape_aabb(shape)
+  lo, hi = shape_aabb(shape, kinds)
   centre = (lo + hi) / 2
   size = jnp.max(hi - lo)
   return shape._replace(scale=shape.scale / size,
@@ -379,18 +414,21 @@ _RANDOM_PARAMS = (_sphere_params, _box_params, _rounded_box_params,
                   _cone_params, _ellipsoid_params)
 
 
-def random_primitive(key) -> Shape:
+def random_primitive(key, kinds: tuple[int, ...] = tuple(range(len(PRIMITIVE_KINDS)))
+                     ) -> Shape:
   """Random primitive, normalised into the unit cube; jit- and vmap-able.
 
-  Kind uniform over PRIMITIVE_KINDS, random sizes (aspect up to ~3:1; a torus
-  up to 4:1 so that its hole stays open), rotation uniform on SO(3).
+  Kind uniform over the (static) `kinds`, indices into PRIMITIVE_KINDS;
+  random sizes (aspect up to ~3:1; a torus up to 4:1 so that its hole stays
+  open), rotation uniform on SO(3).
   """
   kind_key, size_key, rot_key = jax.random.split(key, 3)
-  kind = jax.random.randint(kind_key, (), 0, len(PRIMITIVE_KINDS), jnp.int32)
+  kind = jnp.asarray(kinds, jnp.int32)[
+      jax.random.randint(kind_key, (), 0, len(kinds), jnp.int32)]
   u = jax.random.uniform(size_key, (4,))
   params = jax.lax.switch(kind, _RANDOM_PARAMS, u).astype(jnp.float32)
   shape = Shape(kind=kind, params=params, rotation=random_rotation(rot_key),
                 scale=jnp.ones((), jnp.float32),
                 translation=jnp.zeros(3, jnp.float32))
-  return normalize_shape(shape)
+  return normalize_shape(shape, kinds)
 

@@ -32,6 +32,6 @@ def get_encoder(name: str, **kwargs) -> nn.Module:
 
 
 # Imported last: model.py resolves encoder names through the registry above.
-from recon3d_jax.models.model import ReconModel  # noqa: E402
+from recon3d_jax.models.model import DECODERS, ReconModel, input_images  # noqa: E402
 
-__all__ = ['ENCODERS', 'ReconModel', 'get_encoder']
+__all__ = ['DECODERS', 'ENCODERS', 'ReconModel', 'get_encoder', 'input_images']

@@ -21,6 +21,9 @@ class FiLMBlock(nn.Module):
 class OccupancyDecoder(nn.Module):
   """Points embedded by a Dense layer, `num_blocks` FiLM residual blocks, Dense to one logit.
 
+  Optional per-point local features (e.g. pixel-aligned image features) are concatenated to the
+  point coordinates before the embedding.
+
   Attributes:
     hidden: width of every layer.
     num_blocks: number of code-conditioned residual blocks.
@@ -29,9 +32,12 @@ class OccupancyDecoder(nn.Module):
   num_blocks: int
 
   @nn.compact
-  def __call__(self, points: jax.Array, code: jax.Array) -> jax.Array:
-    """points (B,M,3) in the viewer-centred object frame, code (B,C) -> logits (B,M)."""
-    h = nn.Dense(self.hidden, name='embed')(points)
+  def __call__(self, points: jax.Array, code: jax.Array,
+               local: jax.Array | None = None) -> jax.Array:
+    """points (B,M,3) in the viewer-centred object frame, code (B,C), optional local features
+    (B,M,F) -> logits (B,M)."""
+    inputs = points if local is None else jnp.concatenate([points, local], axis=-1)
+    h = nn.Dense(self.hidden, name='embed')(inputs)
     for _ in range(self.num_blocks):
       h = FiLMBlock(self.hidden)(h, code)
     return nn.Dense(1, name='out')(nn.relu(h))[..., 0]

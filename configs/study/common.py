@@ -1,0 +1,80 @@
+"""Settings shared by the study configs (DESIGN.md section 6): one config per table.
+
+Every study config declares, before any run:
+- `get_config(arg)`: the base config; `sweep(arg)`: dicts of dotted-key overrides, one per run.
+- `PRIMARY_METRIC`: the per-instance metric the report calls "F1": F@tau with tau = 0.02
+  (unit-cube units, DESIGN.md section 7). Precision/recall are precision@tau/recall@tau.
+- `BASELINE_ARM` / `OURS_ARM`: the two arms the report compares (vanilla vs full, 3D-R-DEP).
+
+Arguments (`configs/study/main.py:runlocal,seeds=2`):
+- `runlocal`: the embedded scale for a 2-core CPU (32 px, small widths, 150 steps, 3 seeds,
+  2 benchmarks); without it, the full scale for GPUs (64 px, 20k steps, 5 seeds).
+- `seeds`: number of seeds per cell (0 keeps the scale's default).
+"""
+from configs import default
+from recon3d_jax import config_lib
+
+PRIMARY_METRIC = "fscore@0.02"
+BASELINE_ARM = "vanilla"
+OURS_ARM = "full"
+ARMS = ("vanilla", "normal", "depth", "both", "full", "oracle")
+LEVELS = ("minimal", "low", "medium", "high", "extreme")
+RDEP_COMPONENTS = ("feature_extraction", "adaptive_weighting", "regularization")
+
+
+def parse(arg, **extra):
+  return config_lib.parse_arg(arg, runlocal=False, seeds=0, **extra)
+
+
+def get_config(arg):
+  """The study-wide base config at the embedded or the full scale."""
+  c = default.get_config("runlocal" if arg.runlocal else None)
+  c.arm = BASELINE_ARM
+  if arg.runlocal:
+    c.data.num_train = 96
+    c.total_steps = 150
+    c.log_every_steps = 10
+    c.eval_every_steps = 75
+    c.checkpoint_every_steps = 50
+    c.optimizer.warmup_steps = 10
+  else:
+    c.data.num_train = 10_000
+    c.data.num_validation = 200
+    c.data.num_test = 500
+    c.batch_size = 64
+    c.total_steps = 20_000
+    c.log_every_steps = 100
+    c.eval_every_steps = 2_000
+    c.checkpoint_every_steps = 1_000
+    c.optimizer.warmup_steps = 500
+    c.eval.max_instances = 500
+  return c
+
+
+def seeds(arg) -> range:
+  return range(arg.seeds or (3 if arg.runlocal else 5))
+
+
+def benchmarks(arg) -> tuple[str, ...]:
+  if arg.runlocal:
+    return ("primitives", "compounds")
+  return ("primitives", "compounds", "organic", "meshes")
+
+
+def with_stage1(run: dict) -> list[dict]:
+  """[run] plus, for arm=full with feature extraction, its stage1 (2.5D-only pretraining) run:
+  the same overrides with arm=stage1 and no 3D-R-DEP switches; `init_from` refers to it."""
+  if run.get("arm") != "full" or not run.get("rdep.feature_extraction", True):
+    return [run]
+  stage1 = {k: v for k, v in run.items() if not k.startswith("rdep.")}
+  stage1["arm"] = "stage1"
+  return [stage1, dict(run, init_from=stage1)]
+
+
+def unique(runs):
+  """Drops repeats (e.g. one stage1 run shared by several full variants), keeping order."""
+  seen = []
+  for run in runs:
+    if run not in seen:
+      seen.append(run)
+      yield run

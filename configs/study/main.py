@@ -1,0 +1,20 @@
+"""Table 1 (main results per arm) and table 2 (per benchmark): every arm on every benchmark.
+
+    python launch/sweep.py --config=configs/study/main.py:runlocal --sweep_dir=/tmp/main
+"""
+from configs.study import common
+from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa: F401
+
+
+def get_config(arg=None):
+  return common.get_config(common.parse(arg))
+
+
+def sweep(arg=None):
+  arg = common.parse(arg)
+  runs = []
+  for benchmark in common.benchmarks(arg):
+    for arm in common.ARMS:
+      for seed in common.seeds(arg):
+        runs += common.with_stage1({"arm": arm, "seed": seed, "data.benchmark": benchmark})
+  yield from common.unique(runs)

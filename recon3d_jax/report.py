@@ -1,0 +1,652 @@
+"""Sweep results -> tables with confidence intervals (Markdown + LaTeX), report.json and plots.
+
+    python -m recon3d_jax.report --sweep_dir=DIR [--out=DIR/report]
+
+Reads DIR/manifest.json (launch/sweep.py), each finished run's eval/test.jsonl (one row per test
+instance) and eval/summary.json, and DIR/ensembles/* (recon3d_jax.ensemble). Writes OUT/REPORT.md,
+OUT/<table>.tex (one per table), OUT/report.json (every number, for scripts and tests) and PNGs.
+
+Statistics (DESIGN.md section 8, recon3d_jax.stats):
+- A cell's value is the mean over seeds of the seed's mean over test instances; its CI is a BCa
+  bootstrap over seeds, with the Student t-interval beside it when there are fewer than 10 seeds.
+- A comparison of arms A - B pairs runs by seed and instances by (seed, instance index): each seed
+  gives one pair (its mean over the instances both runs evaluated). CI: paired bootstrap (BCa) over
+  seeds, with the paired t-interval beside it below 10 pairs; p: exact sign-flip permutation test
+  over seeds (smallest possible two-sided p: 2^(1-n)); effect size: Cohen's d_z. With a single
+  seed the instances are the pairs instead (seed variance then ignored; the table says so).
+- Each table's comparisons form one family: Holm-adjusted p-values (m stated).
+A table appears only when the sweep has the runs it needs; runs that are not done are listed, never
+silently dropped, and a seed missing from one side of a comparison is named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from recon3d_jax import stats, sweeps
+from recon3d_jax.data.corrupt import LEVELS
+
+IGNORED = ("seed", "init_from")  # Replicates and links, not factors of a cell.
+BENCHMARK_KEY = "data.benchmark"
+RDEP_PREFIX = "rdep."
+COST_KEYS = ("train_step_s", "infer_latency_b1_s", "infer_latency_batch_s", "peak_memory_bytes",
+             "params")
+VARIANT_KEYS = ("data.curriculum", "data.max_level")  # Negative results: variant vs plain run.
+PRETRAINING_ARM = "stage1"
+
+Units = dict  # seed (or ensemble) -> {instance key: value}
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting runs.
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunResult:
+  id: str
+  overrides: dict
+  state: str
+  rows: dict  # (benchmark, index) -> per-instance row of eval/test.jsonl
+  summary: dict
+  error: str = ""
+
+  def value(self, key: str, base: dict):
+    return self.overrides.get(key, base.get(key))
+
+
+def collect(sweep_dir: str) -> tuple[dict, list[RunResult]]:
+  """The manifest and every run's state and results."""
+  manifest = sweeps.read_manifest(sweep_dir)
+  base = flat_base(manifest)
+  runs = []
+  for rid, entry in manifest["runs"].items():
+    overrides = entry["overrides"]
+    workdir = sweeps.run_dir(sweep_dir, rid)
+    state = sweeps.run_state(sweep_dir, rid)
+    rows, summary, error = {}, {}, ""
+    if state == "done":
+      bench = overrides.get(BENCHMARK_KEY, base.get(BENCHMARK_KEY))
+      rows = {(bench, r["index"]): r for r in _read_jsonl(os.path.join(workdir, "eval",
+                                                                        "test.jsonl"))}
+      with open(os.path.join(workdir, "eval", "summary.json")) as f:
+        summary = json.load(f)
+    elif state == "failed":
+      with open(os.path.join(workdir, sweeps.ERROR)) as f:
+        lines = f.read().strip().splitlines()
+      error = lines[-1] if lines else ""
+    runs.append(RunResult(rid, overrides, state, rows, summary, error))
+  return manifest, runs
+
+
+def flat_base(manifest: dict) -> dict:
+  from recon3d_jax import config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.flatten(manifest["base"])
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def select(runs: list[RunResult], base: dict, free: set) -> list[RunResult]:
+  """Finished runs (pretraining excluded) whose factors other than `free`, seed and links are
+  at the base config's values."""
+  out = []
+  for run in runs:
+    if run.state != "done" or run.value("arm", base) == PRETRAINING_ARM:
+      continue
+    if all(run.overrides[k] == base.get(k) for k in set(run.overrides) - free - set(IGNORED)):
+      out.append(run)
+  return out
+
+
+def units(runs: list[RunResult], metric: str, scale: float = 1.0) -> Units:
+  """seed -> {(benchmark, index): metric * scale}, pooling a seed's runs (e.g. benchmarks)."""
+  out: Units = {}
+  for run in runs:
+    seed = run.overrides.get("seed", 0)
+    out.setdefault(seed, {}).update({k: r[metric] * scale for k, r in run.rows.items()})
+  return out
+
+
+def distinct(runs: list[RunResult], key: str, base: dict) -> list:
+  """Values of `key` among runs, in manifest order."""
+  values = []
+  for run in runs:
+    v = run.value(key, base)
+    if v not in values:
+      values.append(v)
+  return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics of cells and comparisons.
+# ---------------------------------------------------------------------------------------------
+def cell(u: Units, rng: np.random.Generator, n_resamples: int) -> dict | None:
+  """Mean over seeds of per-seed instance means, with its bootstrap (and t) interval."""
+  seed_means = np.array([np.mean(list(v.values())) for v in u.values() if v])
+  if not seed_means.size:
+    return None
+  out = dict(mean=float(seed_means.mean()), n_seeds=int(seed_means.size),
+             n_instances=int(sum(len(v) for v in u.values())))
+  if seed_means.size >= 2:
+    ci = stats.bootstrap_mean_ci(seed_means, rng=rng, n_resamples=n_resamples)
+    out.update(low=ci.low, high=ci.high, variant=ci.variant)
+    if ci.t_interval:
+      out.update(t_low=ci.t_interval[0], t_high=ci.t_interval[1])
+  return out
+
+
+def compare(a: Units, b: Units, rng: np.random.Generator, n_resamples: int) -> dict | None:
+  """Paired comparison a - b (see the module docstring). None if nothing pairs."""
+  seeds = sorted(set(a) & set(b), key=str)
+  unpaired = sorted(set(a) ^ set(b), key=str)
+  pairs = {s: sorted(set(a[s]) & set(b[s]), key=str) for s in seeds}
+  pairs = {s: k for s, k in pairs.items() if k}
+  if not pairs:
+    return None
+  if len(pairs) >= 2:
+    unit = "seeds"
+    x = np.array([np.mean([a[s][k] for k in keys]) for s, keys in pairs.items()])
+    y = np.array([np.mean([b[s][k] for k in keys]) for s, keys in pairs.items()])
+  else:
+    (s, keys), = pairs.items()
+    unit = "instances (1 seed)"
+    x, y = np.array([a[s][k] for k in keys]), np.array([b[s][k] for k in keys])
+  out = dict(a=float(x.mean()), b=float(y.mean()), diff=float((x - y).mean()), n=int(x.size),
+             unit=unit, unpaired_seeds=unpaired)
+  if x.size < 2:
+    return out
+  ci = stats.paired_bootstrap_ci(x, y, rng=rng, n_resamples=n_resamples)
+  t = stats.paired_t_test(x, y)
+  perm = stats.paired_permutation_test(x, y, rng=rng, n_resamples=n_resamples)
+  out.update(low=ci.low, high=ci.high, variant=ci.variant, t_low=t.low, t_high=t.high,
+             t_p=t.pvalue, p=perm.pvalue, p_floor=perm.p_floor, p_variant=perm.variant,
+             d_z=stats.cohens_d(x, y, "d_z").value)
+  return out
+
+
+def holm(comparisons: list[dict | None]) -> int:
+  """Adds p_holm to each comparison with a p-value; returns the family size m."""
+  ps = [c["p"] if c and "p" in c else np.nan for c in comparisons]
+  if all(np.isnan(ps)):
+    return 0
+  adjusted = stats.adjust_pvalues(ps, "holm")
+  for c, p in zip(comparisons, adjusted.pvalues):
+    if c and not np.isnan(p):
+      c["p_holm"] = float(p)
+  return adjusted.m
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting.
+# ---------------------------------------------------------------------------------------------
+def fmt_cell(c: dict | None, digits: int = 3) -> str:
+  if not c:
+    return "—"
+  text = f"{c['mean']:.{digits}f}"
+  if "low" in c:
+    text += f" [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
+  return text + f" (n={c['n_seeds']})"
+
+
+def fmt_diff(c: dict | None, digits: int = 3) -> str:
+  if not c:
+    return "—"
+  text = f"{c['diff']:+.{digits}f}"
+  if "low" in c:
+    text += f" [{c['low']:+.{digits}f}, {c['high']:+.{digits}f}]"
+    text += f" (t: [{c['t_low']:+.{digits}f}, {c['t_high']:+.{digits}f}])" if c["n"] < \
+        stats.SMALL_N else ""
+  return text + f" n={c['n']}" + ("" if c["unit"] == "seeds" else f" {c['unit']}")
+
+
+def fmt_p(c: dict | None, key: str) -> str:
+  if not c or key not in c:
+    return "—"
+  return f"{c[key]:.3g}" + ("*" if key == "p_holm" and c[key] <= 0.05 else "")
+
+
+def fmt_d(c: dict | None) -> str:
+  return f"{c['d_z']:+.2f}" if c and "d_z" in c else "—"
+
+
+@dataclasses.dataclass
+class Table:
+  name: str
+  title: str
+  header: list[str]
+  rows: list[list[str]]
+  notes: list[str]
+  data: list[dict]
+
+  def markdown(self) -> str:
+    lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+             "|" + "---|" * len(self.header)]
+    lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+    return "\n".join(lines + [""] + [f"- {n}" for n in self.notes]) + "\n"
+
+  def latex(self) -> str:
+    def esc(s):
+      for a, b in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"),
+                   ("#", r"\#"), ("—", "--"), ("Δ", r"$\Delta$"), ("τ", r"$\tau$")):
+        s = s.replace(a, b)
+      return s
+    lines = [f"% {self.title}", r"\begin{tabular}{l" + "c" * (len(self.header) - 1) + "}",
+             r"\toprule", " & ".join(map(esc, self.header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(esc, r)) + r" \\" for r in self.rows]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+
+
+COMPARISON_NOTE = ("Δ: mean paired difference [95% BCa paired bootstrap over seeds] (t: paired "
+                   "t-interval, given below 10 pairs); p: exact sign-flip permutation test over "
+                   "seeds (floor 2^(1-n)); p (Holm): Holm-adjusted over the table's {m} "
+                   "comparisons, * <= 0.05; d_z = mean(Δ)/sd(Δ).")
+
+
+def _unpaired_notes(comparisons: list[tuple[str, dict | None]]) -> list[str]:
+  return [f"{label}: seeds {c['unpaired_seeds']} lack a partner and are left out of the pairs."
+          for label, c in comparisons if c and c["unpaired_seeds"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables (DESIGN.md section 6).
+# ---------------------------------------------------------------------------------------------
+class Builder:
+  """Builds the tables a sweep has runs for."""
+
+  def __init__(self, manifest: dict, runs: list[RunResult], seed: int, n_resamples: int):
+    self.base = flat_base(manifest)
+    self.runs = runs
+    self.study = manifest["study"]
+    self.metric = self.study["primary_metric"]
+    self.tau = self.metric.partition("@")[2]
+    self.baseline, self.ours = self.study["baseline_arm"], self.study["ours_arm"]
+    self.rng = np.random.default_rng(seed)
+    self.n_resamples = n_resamples
+    self.f_name = f"F@{self.tau}" if self.tau else self.metric
+
+  def _overridden(self, key: str) -> bool:
+    return any(key in r.overrides for r in self.runs)
+
+  def _cell(self, runs, metric=None, scale=1.0):
+    return cell(units(runs, metric or self.metric, scale), self.rng, self.n_resamples)
+
+  def _compare(self, a_runs, b_runs):
+    return compare(units(a_runs, self.metric), units(b_runs, self.metric), self.rng,
+                   self.n_resamples)
+
+  def main(self) -> Table | None:
+    free = {"arm", BENCHMARK_KEY}
+    selected = select(self.runs, self.base, free)
+    arms = distinct(selected, "arm", self.base)
+    if not arms:
+      return None
+    columns = [(f"precision@{self.tau}", 1.0), (f"recall@{self.tau}", 1.0), (self.metric, 1.0),
+               ("accuracy", 100.0)]
+    rows, data = [], []
+    for arm in arms:
+      arm_runs = [r for r in selected if r.value("arm", self.base) == arm]
+      cells = [self._cell(arm_runs, m, s) for m, s in columns]
+      rows.append([arm] + [fmt_cell(c, 1 if s == 100 else 3) for c, (_, s) in zip(cells, columns)])
+      data.append(dict(arm=arm, **{m: c for c, (m, _) in zip(cells, columns)}))
+    benches = distinct(selected, BENCHMARK_KEY, self.base)
+    return Table("table1_main", "Table 1: main results per method",
+                 ["Method", f"Precision@{self.tau}", f"Recall@{self.tau}",
+                  f"F1 ({self.f_name})", "Accuracy (%)"], rows,
+                 [f"Test instances pooled over benchmarks {benches}; mean over seeds of each "
+                  "seed's instance mean [95% BCa bootstrap over seeds] (n = seeds).",
+                  f"F1 is the study's primary metric {self.metric} (F-score at τ = {self.tau} "
+                  "in unit-cube units); accuracy is occupancy accuracy on the uniform query "
+                  "points, x100."], data)
+
+  def versus(self, key: str, name: str, title: str, label: str, gain: str) -> Table | None:
+    """Baseline vs ours at each value of `key` (per benchmark, scaling, architectures)."""
+    if not key or not self._overridden(key):
+      return None
+    selected = select(self.runs, self.base, {"arm", key})
+    rows, data, comps = [], [], []
+    for value in distinct(selected, key, self.base):
+      runs = [r for r in selected if r.value(key, self.base) == value]
+      base_runs = [r for r in runs if r.value("arm", self.base) == self.baseline]
+      ours_runs = [r for r in runs if r.value("arm", self.base) == self.ours]
+      if not base_runs or not ours_runs:
+        continue
+      b, o, c = self._cell(base_runs), self._cell(ours_runs), self._compare(ours_runs, base_runs)
+      rel = 100 * (o["mean"] - b["mean"]) / b["mean"] if b["mean"] else float("nan")
+      comps.append((f"{label}={value}", c))
+      data.append(dict(value=value, baseline=b, ours=o, relative_gain=rel, comparison=c))
+    if not data:
+      return None
+    m = holm([c for _, c in comps])
+    for d in data:
+      c = d["comparison"]
+      rows.append([str(d["value"]), fmt_cell(d["baseline"]), fmt_cell(d["ours"]),
+                   f"{d['relative_gain']:+.1f}", fmt_diff(c), fmt_p(c, "p"), fmt_p(c, "p_holm"),
+                   fmt_d(c)])
+    return Table(name, title, [label, f"{self.baseline} {self.f_name}",
+                               f"{self.ours} {self.f_name}", gain, "Δ", "p", "p (Holm)", "d_z"],
+                 rows, [COMPARISON_NOTE.format(m=m), f"{gain} = 100 (ours - baseline) / "
+                        "baseline, of the means."] + _unpaired_notes(comps), data)
+
+  def levels(self) -> Table | None:
+    key = "data.supervision"
+    selected = [r for r in select(self.runs, self.base, {"arm", key})
+                if r.value(key, self.base) in LEVELS]
+    levels = [lv for lv in LEVELS if lv in distinct(selected, key, self.base)]
+    if not levels:
+      return None
+    arms = distinct(selected, "arm", self.base)
+    by = lambda arm, lv: [r for r in selected if r.value("arm", self.base) == arm
+                          and r.value(key, self.base) == lv]
+    rows, data, comps = [], [], []
+    for lv in levels:
+      cells = {arm: self._cell(by(arm, lv)) for arm in arms}
+      c = None
+      if self.baseline in arms and self.ours in arms:
+        c = self._compare(by(self.ours, lv), by(self.baseline, lv))
+      comps.append((f"level={lv}", c))
+      data.append(dict(level=lv, cells=cells, comparison=c))
+    m = holm([c for _, c in comps])
+    for d in data:
+      c = d["comparison"]
+      rows.append([d["level"]] + [fmt_cell(d["cells"][a]) for a in arms]
+                  + [fmt_diff(c), fmt_d(c), fmt_p(c, "p_holm")])
+    notes = [f"gap = {self.ours} - {self.baseline}. " + COMPARISON_NOTE.format(m=m)]
+    correlations = {}
+    for arm in arms:
+      per_level = [units(by(arm, lv), self.metric) for lv in levels]
+      seeds = sorted(set.intersection(*(set(u) for u in per_level)), key=str)
+      if len(levels) < 2 or len(seeds) < 2:
+        continue
+      matrix = np.array([[np.mean(list(u[s].values())) for u in per_level] for s in seeds])
+      try:
+        corr = stats.level_correlation(matrix, np.arange(len(levels)), rng=self.rng,
+                                       n_resamples=self.n_resamples)
+      except ValueError as e:
+        notes.append(f"Level correlation of {arm}: {e}.")
+        continue
+      ci = corr.mean_r
+      correlations[arm] = dict(mean_r=ci.estimate, low=ci.low, high=ci.high,
+                               r=corr.r.tolist(), p=corr.pvalue.tolist(), n_seeds=len(seeds))
+      notes.append(f"Pearson r(level index 0-4, {self.f_name}) of {arm}: mean over {len(seeds)} "
+                   f"seeds {ci.estimate:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}] (bootstrap over "
+                   f"seeds); per seed {np.round(corr.r, 2).tolist()}, p "
+                   f"{np.round(corr.pvalue, 3).tolist()}.")
+    data.append(dict(correlations=correlations))
+    return Table("table3_levels", "Table 3: metric by supervision level",
+                 ["Level"] + [f"{a} {self.f_name}" for a in arms] + ["gap (Δ)", "d_z",
+                                                                      "p (Holm)"],
+                 rows, notes + _unpaired_notes(comps), data)
+
+  def ablation(self) -> Table | None:
+    keys = sorted({k for r in self.runs for k in r.overrides if k.startswith(RDEP_PREFIX)})
+    selected = [r for r in select(self.runs, self.base, set(keys) | {"arm"})
+                if r.value("arm", self.base) == self.ours]
+    if not keys or not selected:
+      return None
+    configs = {}
+    for r in selected:
+      configs.setdefault(tuple(bool(r.value(k, self.base)) for k in keys), []).append(r)
+    full = configs.get((True,) * len(keys))
+    if not full:
+      return None
+    f_full = self._cell(full)
+    rows, data, comps = [], [], []
+    for switches, runs in configs.items():
+      off = [k[len(RDEP_PREFIX):] for k, on in zip(keys, switches) if not on]
+      name = ("full" if not off else "w/o all" if len(off) == len(keys)
+              else "w/o " + ", ".join(off))
+      c = None if runs is full else self._compare(runs, full)
+      comps.append((name, c))
+      data.append(dict(configuration=name, f=self._cell(runs) if runs is not full else f_full,
+                       comparison=c))
+    m = holm([c for _, c in comps])
+    for d in data:
+      c = d["comparison"]
+      rows.append([d["configuration"], fmt_cell(d["f"]), fmt_diff(c), fmt_p(c, "p"),
+                   fmt_p(c, "p_holm")])
+    return Table("table4_ablation", "Table 4: ablation of 3D-R-DEP components",
+                 ["Configuration", self.f_name, "Δ vs full", "p vs full", "p (Holm)"], rows,
+                 [COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps), data)
+
+  def variants(self) -> Table | None:
+    """Negative results: each variant (curriculum, filtering) vs the plain run, per arm."""
+    rows, data, comps = [], [], []
+    for key in VARIANT_KEYS:
+      if not self._overridden(key):
+        continue
+      selected = select(self.runs, self.base, {"arm", key})
+      for arm in distinct(selected, "arm", self.base):
+        arm_runs = [r for r in selected if r.value("arm", self.base) == arm]
+        plain = [r for r in arm_runs if r.value(key, self.base) == self.base[key]]
+        for value in distinct(arm_runs, key, self.base):
+          variant = [r for r in arm_runs if r.value(key, self.base) == value]
+          if value == self.base[key] or not plain:
+            continue
+          c = self._compare(variant, plain)
+          comps.append((f"{arm} {key}={value}", c))
+          data.append(dict(arm=arm, key=key, value=value, variant=self._cell(variant),
+                           plain=self._cell(plain), comparison=c))
+    if not data:
+      return None
+    m = holm([c for _, c in comps])
+    for d in data:
+      c = d["comparison"]
+      rows.append([d["arm"], f"{d['key']}={d['value']}", fmt_cell(d["variant"]),
+                   fmt_cell(d["plain"]), fmt_diff(c), fmt_p(c, "p"), fmt_p(c, "p_holm")])
+    return Table("negatives", "Negative results: training variants vs the plain run",
+                 ["Arm", "Variant", f"variant {self.f_name}", f"plain {self.f_name}", "Δ", "p",
+                  "p (Holm)"], rows, [COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps),
+                 data)
+
+  def overhead(self) -> Table | None:
+    selected = [r for r in select(self.runs, self.base, {"arm"}) if "cost" in r.summary]
+    arms = distinct(selected, "arm", self.base)
+    if self.baseline not in arms:
+      return None
+    cost = lambda arm: {r.overrides.get("seed", 0): r.summary["cost"] for r in selected
+                        if r.value("arm", self.base) == arm}
+    base_cost = cost(self.baseline)
+    rows, data = [], []
+    for arm in arms:
+      if arm == self.baseline:
+        continue
+      arm_cost, cells = cost(arm), {}
+      seeds = sorted(set(arm_cost) & set(base_cost), key=str)
+      for k in COST_KEYS:
+        ratios = np.array([100 * (arm_cost[s][k] / base_cost[s][k] - 1) for s in seeds
+                           if k in arm_cost[s] and base_cost[s].get(k)])
+        if ratios.size:
+          cells[k] = cell({i: {0: v} for i, v in enumerate(ratios)}, self.rng, self.n_resamples)
+      rows.append([arm] + [fmt_cell(cells.get(k), 1) for k in COST_KEYS])
+      data.append(dict(arm=arm, overhead_percent=cells))
+    if not data:
+      return None
+    return Table("table6_overhead", "Table 6: overhead vs the baseline (%)",
+                 ["Component", "Training step", "Inference (batch 1)", "Inference (batch B)",
+                  "Peak memory", "Parameters"], rows,
+                 [f"100 (arm / {self.baseline} - 1) per seed, mean [95% BCa bootstrap over "
+                  "seeds] (n = seeds). Times are only comparable when measured on one machine."],
+                 data)
+
+  def ensembles(self, sweep_dir: str) -> Table | None:
+    root = os.path.join(sweep_dir, "ensembles")
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    by_run = {r.id: r for r in self.runs}
+    groups: dict[str, list] = {}
+    for name in names:
+      with open(os.path.join(root, name, "members.json")) as f:
+        members = json.load(f)["members"]
+      rows = _read_jsonl(os.path.join(root, name, "eval", "test.jsonl"))
+      member_runs = [by_run[m] for m in members if m in by_run and by_run[m].state == "done"]
+      if len(member_runs) != len(members):
+        continue
+      label = json.dumps({k: v for k, v in member_runs[0].overrides.items() if k not in IGNORED},
+                         sort_keys=True)
+      bench = next(iter(member_runs[0].rows))[0]
+      ens = {(bench, r["index"]): r[self.metric] for r in rows}
+      single = {k: float(np.mean([m.rows[k][self.metric] for m in member_runs]))
+                for k in ens if all(k in m.rows for m in member_runs)}
+      groups.setdefault(label, []).append((name, ens, single))
+    if not groups:
+      return None
+    rows, data, comps = [], [], []
+    for label, items in groups.items():
+      a = {name: ens for name, ens, _ in items}
+      b = {name: single for name, _, single in items}
+      c = compare(a, b, self.rng, self.n_resamples)
+      comps.append((label, c))
+      data.append(dict(setting=json.loads(label), ensembles=[n for n, _, _ in items],
+                       comparison=c))
+    m = holm([c for _, c in comps])
+    for d, (label, c) in zip(data, comps):
+      rows.append([label, str(len(d["ensembles"])), f"{c['a']:.3f}", f"{c['b']:.3f}",
+                   fmt_diff(c).replace(" seeds", " ensembles"), fmt_p(c, "p"),
+                   fmt_p(c, "p_holm")])
+    return Table("negatives_ensemble", "Negative results: ensemble vs its single models",
+                 ["Setting", "Ensembles", f"ensemble {self.f_name}",
+                  f"single-model {self.f_name}", "Δ", "p", "p (Holm)"], rows,
+                 ["Single-model value: the mean of the members' metric on the same instance. "
+                  "Pairs are ensembles when there are two or more per setting, else instances. "
+                  + COMPARISON_NOTE.format(m=m)], data)
+
+  def tables(self, sweep_dir: str) -> list[Table]:
+    candidates = [
+        self.main(),
+        self.versus(BENCHMARK_KEY, "table2_benchmarks", "Table 2: per benchmark", "Benchmark",
+                    "Improvement (%)"),
+        self.levels(),
+        self.ablation(),
+        self.versus("data.num_train", "table5_scaling", "Table 5: scaling with training size",
+                    "Training size", "Relative gain (%)"),
+        self.overhead(),
+        self.versus("model.encoder", "architectures", "Architectures: baseline vs ours per "
+                    "encoder", "Encoder", "Improvement (%)"),
+        self.variants(),
+        self.ensembles(sweep_dir),
+    ]
+    return [t for t in candidates if t is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots.
+# ---------------------------------------------------------------------------------------------
+def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  written = []
+  by_name = {t.name: t for t in tables}
+
+  def save(fig, name):
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(name)
+
+  if "table3_levels" in by_name:
+    data = [d for d in by_name["table3_levels"].data if "level" in d]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in data[0]["cells"]:
+      pts = [(i, d["cells"][arm]) for i, d in enumerate(data) if d["cells"][arm]]
+      x = [i for i, _ in pts]
+      ax.plot(x, [c["mean"] for _, c in pts], marker="o", label=arm)
+      if all("low" in c for _, c in pts):
+        ax.fill_between(x, [c["low"] for _, c in pts], [c["high"] for _, c in pts], alpha=0.2)
+    ax.set_xticks(range(len(data)), [d["level"] for d in data])
+    ax.set(xlabel="supervision level", ylabel=f"test {f_name}", title="Metric by level (95% CI)")
+    ax.legend()
+    save(fig, "levels.png")
+  if "table5_scaling" in by_name:
+    data = by_name["table5_scaling"].data
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for side in ("baseline", "ours"):
+      x = [d["value"] for d in data]
+      ax.plot(x, [d[side]["mean"] for d in data], marker="o", label=side)
+      if all("low" in d[side] for d in data):
+        ax.fill_between(x, [d[side]["low"] for d in data], [d[side]["high"] for d in data],
+                        alpha=0.2)
+    ax.set_xscale("log")
+    ax.set(xlabel="training-set size", ylabel=f"test {f_name}", title="Scaling (95% CI)")
+    ax.legend()
+    save(fig, "scaling.png")
+  if "table2_benchmarks" in by_name:
+    data = [d for d in by_name["table2_benchmarks"].data if d["comparison"]]
+    fig, ax = plt.subplots(figsize=(6, 1 + 0.5 * len(data)))
+    for i, d in enumerate(data):
+      c = d["comparison"]
+      if "low" in c:
+        ax.plot([c["low"], c["high"]], [i, i], color="C0")
+      ax.plot([c["diff"]], [i], "o", color="C0")
+    ax.axvline(0, color="gray", lw=1)
+    ax.set_yticks(range(len(data)), [str(d["value"]) for d in data])
+    ax.set(xlabel=f"Δ {f_name} (ours - baseline), 95% CI", title="Per-benchmark difference")
+    save(fig, "forest.png")
+  return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+# ---------------------------------------------------------------------------------------------
+def write_report(sweep_dir: str, out: str | None = None, seed: int = 0,
+                 n_resamples: int = 9999) -> str:
+  """Writes OUT/REPORT.md, OUT/<table>.tex, OUT/report.json and plots; returns OUT."""
+  out = out or os.path.join(sweep_dir, "report")
+  os.makedirs(out, exist_ok=True)
+  manifest, runs = collect(sweep_dir)
+  builder = Builder(manifest, runs, seed, n_resamples)
+  tables = builder.tables(sweep_dir)
+  for t in tables:
+    with open(os.path.join(out, f"{t.name}.tex"), "w") as f:
+      f.write(t.latex())
+  pictures = plot(tables, out, builder.f_name)
+  counts = {s: sum(r.state == s for r in runs) for s in sweeps.STATES}
+  lines = [f"# Report: {manifest['config']}", "",
+           f"Runs: {len(runs)} ({', '.join(f'{s} {n}' for s, n in counts.items())}). Primary "
+           f"metric: {builder.metric} (declared by the study config). Baseline arm: "
+           f"{builder.baseline}; ours: {builder.ours}. Bootstrap: {n_resamples} resamples, "
+           f"numpy seed {seed}.", ""]
+  lines += [t.markdown() for t in tables] or ["No table has the finished runs it needs yet.\n"]
+  lines += [f"![{p}]({p})\n" for p in pictures]
+  missing = [r for r in runs if r.state != "done"]
+  lines += ["## Runs not included", ""]
+  lines += [f"- `{r.id}` {r.state}: {json.dumps(r.overrides)}" + (f" — {r.error}" if r.error
+                                                                    else "") for r in missing]
+  lines += ["" if missing else "None: every run of the manifest is done.", ""]
+  with open(os.path.join(out, "REPORT.md"), "w") as f:
+    f.write("\n".join(lines))
+  with open(os.path.join(out, "report.json"), "w") as f:
+    json.dump(dict(config=manifest["config"], study=manifest["study"], counts=counts,
+                   missing={r.id: r.state for r in missing},
+                   tables={t.name: t.data for t in tables}), f, indent=2, default=str)
+  logging.info("Report written to %s (%d tables).", out, len(tables))
+  return out
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
+  from recon3d_jax import config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    print(os.path.join(write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.seed, FLAGS.n_resamples),
+                       "REPORT.md"))
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("sweep_dir", None, "Sweep directory (launch/sweep.py --sweep_dir).")
+  flags.DEFINE_string("out", None, "Output directory (default SWEEP_DIR/report).")
+  flags.DEFINE_integer("seed", 0, "Seed of the bootstrap and permutation resampling.")
+  flags.DEFINE_integer("n_resamples", 9999, "Bootstrap resamples per interval.")
+  flags.mark_flag_as_required("sweep_dir")
+  app.run(main)

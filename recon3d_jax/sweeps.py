@@ -1,0 +1,566 @@
+"""Sweeps as data: expand a study config into runs, and keep each run's state on disk.
+
+A study config (configs/study/*.py) declares `get_config(arg)` (the base config) and
+`sweep(arg)` (dicts of dotted-key overrides, one per run). This module turns them into runs:
+
+    SWEEP_DIR/manifest.json          config spec, study settings, base config, id -> overrides
+    SWEEP_DIR/runs/<id>/             the run's workdir (train.train_and_evaluate writes here)
+    SWEEP_DIR/runs/<id>/DONE         written atomically after the results: the run is finished
+    SWEEP_DIR/runs/<id>/ERROR        the traceback of the last failed attempt
+    SWEEP_DIR/runs/<id>/LOCK         {pid, host, job}: an attempt is running; refreshed every
+                                     HEARTBEAT_S seconds
+    SWEEP_DIR/runs/<id>/log.txt      the run's logs (local backend)
+
+A run id is a hash of its overrides (order-independent), so relaunching a sweep finds its runs.
+An override value that is a dict refers to another run of the same sweep (its overrides): the
+value becomes that run's workdir, and the run depends on it (e.g. `init_from` of arm=full names
+its stage1 run). Dependencies run first; a run whose dependency failed fails as blocked.
+
+Nothing here imports JAX at module level: the launcher process stays JAX-free so that it can
+spawn workers safely. `run_one` imports the training code inside the worker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+from absl import logging
+
+from recon3d_jax import config_lib, writers
+
+MANIFEST = "manifest.json"
+DONE, ERROR, LOCK = "DONE", "ERROR", "LOCK"
+HEARTBEAT_S = 60  # A running attempt touches its LOCK this often...
+STALE_AFTER_S = 600  # ...so a LOCK untouched this long belongs to a dead attempt on any host.
+STATES = ("done", "running", "failed", "pending")
+# Base-config keys a relaunch may change without invalidating finished runs.
+RELAUNCHABLE_KEYS = ("data.data_dir",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep: overrides as declared (references are dicts) and the ids it needs."""
+  id: str
+  overrides: dict
+  depends_on: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A loaded study config: spec "path.py[:arg]", its module, base config and runs in order
+  (every run after its dependencies)."""
+  spec: str
+  module: Any
+  base: ml_collections.ConfigDict
+  runs: tuple[Run, ...]
+
+  @property
+  def settings(self) -> dict:
+    """The study's declared analysis settings (stored in the manifest for the report)."""
+    return dict(primary_metric=self.module.PRIMARY_METRIC,
+                baseline_arm=self.module.BASELINE_ARM, ours_arm=self.module.OURS_ARM)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run ids and sweep expansion.
+# ---------------------------------------------------------------------------------------------
+def run_id(overrides: Mapping[str, Any]) -> str:
+  """Stable 12-hex-digit id of a run's overrides: independent of key order, nested included."""
+  text = json.dumps(_plain(overrides), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _plain(value):
+  """Overrides -> JSON-able values (tuples become lists, nested mappings plain dicts)."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def expand(base: ml_collections.ConfigDict, sweep: Iterable[Mapping[str, Any]]) -> list[Run]:
+  """Validates a sweep's overrides against `base` and returns its runs, dependencies first.
+
+  Raises ConfigError (before anything runs) for an unknown key (with near matches), a run
+  declared twice, or a reference to a run that is not in the sweep.
+  """
+  declared: dict[str, dict] = {}
+  for overrides in sweep:
+    overrides = _plain(overrides)
+    # A reference is checked as the string it becomes (the referenced run's id stands in for
+    # its workdir).
+    config_lib.apply_overrides(base, {k: run_id(v) if isinstance(v, dict) else v
+                                      for k, v in overrides.items()})
+    rid = run_id(overrides)
+    if rid in declared:
+      raise config_lib.ConfigError(f"the sweep declares run {overrides} twice; expected each "
+                                   "set of overrides once")
+    declared[rid] = overrides
+  runs = {}
+  for rid, overrides in declared.items():
+    deps = []
+    for key, value in overrides.items():
+      if isinstance(value, dict):
+        dep = run_id(value)
+        if dep not in declared:
+          raise config_lib.ConfigError(
+              f"run {overrides}: {key}={value} refers to a run that is not in the sweep; "
+              "expected the overrides of another run of the same sweep")
+        deps.append(dep)
+    runs[rid] = Run(rid, overrides, tuple(deps))
+  ordered: list[Run] = []
+  seen: set[str] = set()
+
+  def visit(rid):
+    if rid not in seen:
+      seen.add(rid)
+      for dep in runs[rid].depends_on:
+        visit(dep)
+      ordered.append(runs[rid])
+
+  for rid in runs:
+    visit(rid)
+  return ordered
+
+
+def load_study(spec: str) -> Study:
+  """Loads "configs/study/main.py[:arg]": its base config and runs (validated)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f"study config {path!r} does not exist; expected a .py file "
+                                 "declaring get_config(arg) and sweep(arg)")
+  name = "study_" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:8]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  missing = [a for a in ("get_config", "sweep", "PRIMARY_METRIC", "BASELINE_ARM", "OURS_ARM")
+             if not hasattr(module, a)]
+  if missing:
+    raise config_lib.ConfigError(f"study config {path!r} lacks {missing}; expected get_config, "
+                                 "sweep, PRIMARY_METRIC, BASELINE_ARM and OURS_ARM")
+  base = module.get_config(arg or None)
+  return Study(spec, module, base, tuple(expand(base, module.sweep(arg or None))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest and per-run configs.
+# ---------------------------------------------------------------------------------------------
+def run_dir(sweep_dir: str, rid: str) -> str:
+  return os.path.join(os.path.abspath(sweep_dir), "runs", rid)
+
+
+def write_manifest(sweep_dir: str, study: Study) -> dict:
+  """Writes SWEEP_DIR/manifest.json; refuses a sweep dir holding another sweep's base config."""
+  base = json.loads(study.base.to_json())
+  path = os.path.join(sweep_dir, MANIFEST)
+  if os.path.exists(path):
+    old = read_manifest(sweep_dir)
+    old_flat, new_flat = config_lib.flatten(old["base"]), config_lib.flatten(base)
+    differing = sorted(k for k in set(old_flat) | set(new_flat)
+                       if k not in RELAUNCHABLE_KEYS and old_flat.get(k) != new_flat.get(k))
+    if differing:
+      raise config_lib.ConfigError(
+          f"sweep dir {sweep_dir!r} holds runs of a different base config (differs at "
+          f"{differing[:5]}); expected the same study config, or use a new --sweep_dir")
+  manifest = dict(config=study.spec, study=study.settings, base=base,
+                  runs={r.id: dict(overrides=r.overrides, depends_on=list(r.depends_on))
+                        for r in study.runs})
+  os.makedirs(os.path.join(sweep_dir, "runs"), exist_ok=True)
+  writers.atomic_write(path, json.dumps(manifest, indent=2))
+  return manifest
+
+
+def read_manifest(sweep_dir: str) -> dict:
+  path = os.path.join(sweep_dir, MANIFEST)
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"sweep dir {sweep_dir!r} has no {MANIFEST}; expected a "
+                                 "directory made by launch/sweep.py")
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_config(manifest: dict, rid: str, sweep_dir: str) -> ml_collections.ConfigDict:
+  """The full config of run `rid`: base + overrides, references resolved to workdirs."""
+  overrides = {k: run_dir(sweep_dir, run_id(v)) if isinstance(v, dict) else v
+               for k, v in manifest["runs"][rid]["overrides"].items()}
+  return config_lib.apply_overrides(ml_collections.ConfigDict(manifest["base"]), overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks.
+# ---------------------------------------------------------------------------------------------
+def _job_token() -> str | None:
+  """Identifies a Slurm job across requeues (same array job and task), else None."""
+  env = os.environ
+  if "SLURM_ARRAY_JOB_ID" in env:
+    return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+  return env.get("SLURM_JOB_ID")
+
+
+def _pid_alive(pid: int) -> bool:
+  """Whether process `pid` of this host is running (a zombie, never reaped, is not)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Exists, owned by someone else.
+    return True
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rpartition(")")[2].split()[0] != "Z"
+  except OSError:  # No procfs (not Linux): trust kill.
+    return True
+
+
+def lock_is_stale(path: str) -> bool:
+  """A LOCK whose holder is gone: a dead pid on this host, an earlier attempt of this Slurm
+  job (requeued), or no heartbeat for STALE_AFTER_S seconds (any host)."""
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+    age = time.time() - os.path.getmtime(path)
+  except (OSError, ValueError):
+    return True  # Vanished or half-written by a dead writer.
+  token = _job_token()
+  if token is not None and holder.get("job") == token:
+    return True
+  if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder["pid"])):
+    return True
+  return age > STALE_AFTER_S
+
+
+class RunLock:
+  """Exclusive lock on one run (O_CREAT|O_EXCL of WORKDIR/LOCK) with a heartbeat thread.
+
+  `acquire()` returns False if a live attempt holds it; a stale lock is taken over.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK)
+    self._stop = threading.Event()
+    self._thread = None
+
+  def acquire(self) -> bool:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        if not lock_is_stale(self.path):
+          return False
+        logging.warning("Taking over the stale lock %s.", self.path)
+        _remove(self.path)
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(dict(pid=os.getpid(), host=socket.gethostname(), job=_job_token(),
+                       time=time.time()), f)
+      self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+      self._thread.start()
+      return True
+    return False
+
+  def _heartbeat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_S):
+      try:
+        os.utime(self.path)
+      except OSError:
+        return
+
+  def release(self) -> None:
+    self._stop.set()
+    _remove(self.path)
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Run states.
+# ---------------------------------------------------------------------------------------------
+def run_state(sweep_dir: str, rid: str) -> str:
+  """"done" | "running" | "failed" | "pending", from the markers in the run's workdir."""
+  workdir = run_dir(sweep_dir, rid)
+  if os.path.exists(os.path.join(workdir, DONE)):
+    return "done"
+  lock = os.path.join(workdir, LOCK)
+  if os.path.exists(lock) and not lock_is_stale(lock):
+    return "running"
+  if os.path.exists(os.path.join(workdir, ERROR)):
+    return "failed"
+  return "pending"
+
+
+def status(sweep_dir: str) -> dict[str, list[str]]:
+  """State -> run ids (manifest order) for every run of the sweep."""
+  result = {s: [] for s in STATES}
+  for rid in read_manifest(sweep_dir)["runs"]:
+    result[run_state(sweep_dir, rid)].append(rid)
+  return result
+
+
+def format_status(sweep_dir: str) -> str:
+  states = status(sweep_dir)
+  lines = [", ".join(f"{s}: {len(states[s])}" for s in STATES)]
+  for rid in states["failed"]:
+    with open(os.path.join(run_dir(sweep_dir, rid), ERROR)) as f:
+      last = f.read().strip().splitlines()
+    lines.append(f"failed {rid}: {last[-1] if last else ''}")
+  return "\n".join(lines)
+
+
+def mark_failed(sweep_dir: str, rid: str, message: str) -> None:
+  """Records a failure outside the run itself (blocked, or its worker died)."""
+  workdir = run_dir(sweep_dir, rid)
+  os.makedirs(workdir, exist_ok=True)
+  writers.atomic_write(os.path.join(workdir, ERROR), message.rstrip() + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing one run (inside a worker: a spawned process or a Slurm job).
+# ---------------------------------------------------------------------------------------------
+def run_one(sweep_dir: str, rid: str) -> str:
+  """Runs (or resumes) one run; returns "done", "skipped" (already done), "locked" (another
+  attempt is live), "blocked" (a dependency is not done) or "failed" (ERROR written).
+
+  Never raises for a failure of the run itself: the traceback goes to WORKDIR/ERROR.
+  """
+  workdir = run_dir(sweep_dir, rid)
+  if os.path.exists(os.path.join(workdir, DONE)):
+    return "skipped"
+  lock = RunLock(workdir)
+  if not lock.acquire():
+    logging.warning("Run %s is being run by another process (%s); skipping it.", rid, lock.path)
+    return "locked"
+  try:
+    if os.path.exists(os.path.join(workdir, DONE)):  # Finished while we waited for the lock.
+      return "skipped"
+    _remove(os.path.join(workdir, ERROR))
+    manifest = read_manifest(sweep_dir)
+    for dep in manifest["runs"][rid]["depends_on"]:
+      if not os.path.exists(os.path.join(run_dir(sweep_dir, dep), DONE)):
+        mark_failed(sweep_dir, rid, f"blocked: dependency {dep} is {run_state(sweep_dir, dep)}, "
+                    "expected done")
+        return "blocked"
+    start = time.time()
+    try:
+      from recon3d_jax import train  # Imports JAX: only ever inside a worker.
+      train.train_and_evaluate(run_config(manifest, rid, sweep_dir), workdir)
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("Run %s failed.", rid)
+      mark_failed(sweep_dir, rid, traceback.format_exc())
+      return "failed"
+    writers.atomic_write(os.path.join(workdir, DONE), json.dumps(
+        dict(host=socket.gethostname(), finished=time.time(), attempt_s=time.time() - start)))
+    return "done"
+  finally:
+    lock.release()
+
+
+EXIT_CODES = {"done": 0, "skipped": 0, "failed": 1, "blocked": 1, "locked": 3}
+
+
+def limit_threads(threads: int, cpus: list[int] | None) -> None:
+  """Limits this process's compute threads; call before JAX is imported.
+
+  Pins the process to `cpus` (Linux) and caps the BLAS/OpenMP pools; with one thread XLA's
+  multi-threaded Eigen is switched off as well.
+  """
+  if "jax" in sys.modules:
+    raise RuntimeError("limit_threads must run before JAX is imported")
+  for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(threads)
+  if threads == 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false").strip()
+  if cpus and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, cpus)
+
+
+def share_compilation_cache(sweep_dir: str) -> None:
+  """Points this process at the sweep's persistent XLA cache; call before JAX is imported.
+
+  Runs of a sweep mostly differ in seed, data or loss weights, so many of their programs are
+  identical: a run reuses what an earlier run compiled instead of spending its first minute
+  compiling again (on CPU, compilation is a large share of a small run).
+  """
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(sweep_dir, "jax_cache"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def worker_main(sweep_dir: str, rid: str, threads: int, cpus: list[int] | None) -> None:
+  """Entry of a spawned local worker: limits threads, logs to WORKDIR/log.txt, runs `rid`."""
+  limit_threads(threads, cpus)
+  share_compilation_cache(sweep_dir)
+  workdir = run_dir(sweep_dir, rid)
+  os.makedirs(workdir, exist_ok=True)
+  log = os.open(os.path.join(workdir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+  os.dup2(log, 1)
+  os.dup2(log, 2)
+  from recon3d_jax import writers  # After limit_threads: imports JAX's neighbours.
+  writers.setup_logging()
+  sys.exit(EXIT_CODES[run_one(sweep_dir, rid)])
+
+
+def build_datasets(data_configs: list[dict]) -> None:
+  """Builds every distinct dataset once (in a spawned process, before the workers fan out).
+
+  A config that fails to build is logged and skipped: its runs fail with their own error.
+  """
+  from recon3d_jax.data import pipeline  # Imports JAX: only ever in a spawned process.
+  for data in data_configs:
+    try:
+      pipeline.load_sources(ml_collections.ConfigDict(data))
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("Building the dataset of %s failed; its runs will report it.", data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends.
+# ---------------------------------------------------------------------------------------------
+def _spawn():
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  return multiprocessing.get_context("spawn")  # Never fork: workers import JAX.
+
+
+def prepare_data(manifest: dict, sweep_dir: str) -> None:
+  """Builds the datasets of the unfinished runs in one spawned process, then returns."""
+  distinct = {}
+  for rid in manifest["runs"]:
+    if run_state(sweep_dir, rid) != "done":
+      data = run_config(manifest, rid, sweep_dir).data.to_dict()
+      distinct[json.dumps(data, sort_keys=True)] = data
+  if distinct:
+    process = _spawn().Process(target=build_datasets, args=(list(distinct.values()),))
+    process.start()
+    process.join()
+
+
+def run_local(sweep_dir: str, workers: int, poll_s: float = 0.2) -> dict[str, list[str]]:
+  """Runs every unfinished run of the manifest, `workers` spawned processes at a time.
+
+  Each run gets its own process (a crash or SIGKILL costs that run only) pinned to its share of
+  the CPUs. Dependencies run first; dependents of a failed run fail as blocked. Returns the
+  final `status`.
+  """
+  manifest = read_manifest(sweep_dir)
+  cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+  threads = max(1, (len(cpus) if cpus else os.cpu_count() or 1) // workers)
+  slots = [cpus[i * threads:(i + 1) * threads] if cpus and len(cpus) >= workers else None
+           for i in range(workers)]
+  todo = [rid for rid in manifest["runs"] if run_state(sweep_dir, rid) != "done"]
+  running: dict[str, tuple[Any, int]] = {}  # id -> (process, slot)
+  ctx = _spawn()
+  while todo or running:
+    for rid in list(todo):
+      free = [s for s in range(workers) if s not in {slot for _, slot in running.values()}]
+      if not free:
+        break
+      deps = {d: run_state(sweep_dir, d) for d in manifest["runs"][rid]["depends_on"]}
+      if any(s == "failed" for s in deps.values()):
+        failed = [d for d, s in deps.items() if s == "failed"]
+        mark_failed(sweep_dir, rid, f"blocked: dependency {failed} failed")
+        todo.remove(rid)
+      elif all(s == "done" for s in deps.values()):
+        process = ctx.Process(target=worker_main, args=(sweep_dir, rid, threads,
+                                                        slots[free[0]]))
+        process.start()
+        running[rid] = (process, free[0])
+        todo.remove(rid)
+        logging.info("Started run %s (%s).", rid, manifest["runs"][rid]["overrides"])
+      elif not running and all(d not in todo for d, s in deps.items() if s != "done"):
+        logging.warning("Run %s waits on %s, run by another launcher; relaunch later.", rid,
+                        [d for d, s in deps.items() if s != "done"])
+        todo.remove(rid)
+    for rid, (process, _) in list(running.items()):
+      if process.exitcode is None:
+        continue
+      del running[rid]
+      state = run_state(sweep_dir, rid)
+      if process.exitcode != 0 and state == "pending":  # Died without writing ERROR.
+        mark_failed(sweep_dir, rid, f"the worker process died (exit code {process.exitcode})")
+        state = "failed"
+      logging.info("Run %s: %s.", rid, state)
+    time.sleep(poll_s)
+  return status(sweep_dir)
+
+
+class SlurmRun:
+  """submitit-checkpointable callable running one run: requeued on preemption or timeout.
+
+  Resuming needs no state here: train_and_evaluate restarts from the workdir's checkpoint.
+  """
+
+  def __init__(self, sweep_dir: str):
+    self.sweep_dir = os.path.abspath(sweep_dir)
+
+  def __call__(self, rid: str) -> str:
+    share_compilation_cache(self.sweep_dir)  # Takes effect if JAX is not imported yet.
+    from recon3d_jax import writers  # pylint: disable=import-outside-toplevel
+    writers.setup_logging()
+    result = run_one(self.sweep_dir, rid)
+    if result == "failed":
+      with open(os.path.join(run_dir(self.sweep_dir, rid), ERROR)) as f:
+        raise RuntimeError(f"run {rid} failed:\n{f.read()}")
+    return result
+
+  def checkpoint(self, rid: str):
+    import submitit  # pylint: disable=import-outside-toplevel
+    return submitit.helpers.DelayedSubmission(SlurmRun(self.sweep_dir), rid)
+
+
+def slurm_executor(sweep_dir: str, *, partition: str | None, time_min: int, gpus: int,
+                   cpus: int, mem_gb: int, array_parallelism: int):
+  """A submitit Slurm executor for SWEEP_DIR/slurm: job arrays capped at `array_parallelism`
+  running tasks, USR2 `signal_delay_s` before the time limit so a job checkpoints and requeues."""
+  import submitit  # pylint: disable=import-outside-toplevel
+  executor = submitit.AutoExecutor(folder=os.path.join(sweep_dir, "slurm", "%j"),
+                                   cluster="slurm")
+  executor.update_parameters(
+      name="recon3d_sweep", timeout_min=time_min, gpus_per_node=gpus, cpus_per_task=cpus,
+      mem_gb=mem_gb, slurm_array_parallelism=array_parallelism, slurm_signal_delay_s=120,
+      **({"slurm_partition": partition} if partition else {}))
+  return executor
+
+
+def submit_slurm(sweep_dir: str, executor) -> list:
+  """Submits the unfinished runs as job arrays, one per dependency layer; returns the jobs.
+
+  `executor` is a configured submitit executor (its slurm_array_parallelism caps each array).
+  On Slurm a layer starts after the previous one ends (dependency=afterany; a run whose
+  dependency failed then fails as blocked). Other executors (e.g. submitit's debug executor)
+  run jobs in submission order.
+  """
+  manifest = read_manifest(sweep_dir)
+  depth: dict[str, int] = {}
+  for rid, run in manifest["runs"].items():  # Manifest order puts dependencies first.
+    depth[rid] = 1 + max((depth[d] for d in run["depends_on"]), default=-1)
+  todo = [rid for rid in manifest["runs"] if run_state(sweep_dir, rid) != "done"]
+  jobs, previous = [], []
+  for layer in sorted({depth[rid] for rid in todo}):
+    ids = [rid for rid in todo if depth[rid] == layer]
+    if getattr(executor, "cluster", None) == "slurm":
+      extra = {"requeue": True}  # Slurm may requeue the job itself too (node failure).
+      if previous:
+        extra["dependency"] = "afterany:" + ":".join(
+            sorted({j.job_id.split("_")[0] for j in previous}))
+      executor.update_parameters(slurm_additional_parameters=extra)
+    previous = executor.map_array(SlurmRun(sweep_dir), ids)
+    jobs += previous
+    logging.info("Submitted %d runs (layer %d): %s", len(ids), layer,
+                 [j.job_id for j in previous])
+  return jobs

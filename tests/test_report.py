@@ -1,0 +1,118 @@
+"""Report tables recomputed independently from synthetic per-instance rows of a fake sweep."""
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.stats
+from statsmodels.stats.multitest import multipletests
+
+from configs import default
+from recon3d_jax import report, sweeps
+
+SEEDS = range(5)
+INSTANCES = range(6)
+DOMAINS = ("primitives", "compounds")
+# Per-seed improvement of "both" over "vanilla" on each benchmark (mixed signs on compounds).
+DELTA = {"primitives": [0.05, 0.03, 0.04, 0.06, 0.02], "compounds": [0.01, -0.02, 0.03, 0.0, 0.02]}
+
+
+def _value(domain, arm, seed, index):
+  """Known F@0.02 of one instance: a seed effect, an instance effect and the arm's delta."""
+  value = 0.3 + 0.02 * seed + 0.01 * index + (0.1 if domain == "compounds" else 0.0)
+  return value + (DELTA[domain][seed] if arm == "both" else 0.0)
+
+
+def _write_run(sweep_dir, overrides, rows=None, done=True):
+  rid = sweeps.run_id(overrides)
+  eval_dir = os.path.join(sweeps.run_dir(sweep_dir, rid), "eval")
+  os.makedirs(eval_dir)
+  if done:
+    with open(os.path.join(eval_dir, "test.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(eval_dir, "summary.json"), "w") as f:
+      json.dump({"test": {}}, f)
+    open(os.path.join(sweeps.run_dir(sweep_dir, rid), sweeps.DONE), "w").close()
+  return rid
+
+
+@pytest.fixture(scope="module")
+def fake_sweep(tmp_path_factory):
+  """Two arms x two benchmarks x five seeds of known rows, plus one run never finished."""
+  sweep_dir = str(tmp_path_factory.mktemp("sweep"))
+  runs = {}
+  for domain in DOMAINS:
+    for arm in ("vanilla", "both"):
+      for seed in SEEDS:
+        overrides = {"arm": arm, "seed": seed, "data.benchmark": domain}
+        rows = [{"index": i, "fscore@0.02": _value(domain, arm, seed, i),
+                 "precision@0.02": 0.5, "recall@0.02": 0.25, "accuracy": 0.9}
+                for i in INSTANCES]
+        runs[_write_run(sweep_dir, overrides, rows)] = overrides
+  pending = {"arm": "depth", "seed": 0, "data.benchmark": "primitives"}
+  runs[_write_run(sweep_dir, pending, done=False)] = pending
+  manifest = dict(config="fake", base=json.loads(default.get_config("runlocal").to_json()),
+                  study=dict(primary_metric="fscore@0.02", baseline_arm="vanilla",
+                             ours_arm="both"),
+                  runs={rid: dict(overrides=o, depends_on=[]) for rid, o in runs.items()})
+  with open(os.path.join(sweep_dir, sweeps.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  out = report.write_report(sweep_dir, n_resamples=4999)
+  with open(os.path.join(out, "report.json")) as f:
+    return out, json.load(f), sweeps.run_id(pending)
+
+
+def _per_seed(domain, arm):
+  return np.array([np.mean([_value(domain, arm, s, i) for i in INSTANCES]) for s in SEEDS])
+
+
+def test_per_benchmark_table_matches_scipy_and_statsmodels(fake_sweep):
+  _, result, _ = fake_sweep
+  table = {d["value"]: d for d in result["tables"]["table2_benchmarks"]}
+  assert sorted(table) == sorted(DOMAINS)
+  exact_p = []
+  for domain in DOMAINS:
+    x, y = _per_seed(domain, "both"), _per_seed(domain, "vanilla")
+    c = table[domain]["comparison"]
+    assert table[domain]["baseline"]["mean"] == pytest.approx(y.mean())
+    assert table[domain]["ours"]["mean"] == pytest.approx(x.mean())
+    assert c["diff"] == pytest.approx(np.mean(DELTA[domain]))
+    assert table[domain]["relative_gain"] == pytest.approx(100 * (x.mean() / y.mean() - 1))
+    assert c["n"] == 5 and c["unit"] == "seeds"
+    t_ci = scipy.stats.ttest_rel(x, y).confidence_interval(0.95)
+    assert (c["t_low"], c["t_high"]) == pytest.approx((t_ci.low, t_ci.high))
+    boot = scipy.stats.bootstrap((x - y,), np.mean, method="BCa", n_resamples=4999,
+                                 random_state=1).confidence_interval
+    width = boot.high - boot.low
+    assert c["low"] == pytest.approx(boot.low, abs=0.1 * width)
+    assert c["high"] == pytest.approx(boot.high, abs=0.1 * width)
+    perm = scipy.stats.permutation_test((x, y), lambda a, b: np.mean(a - b),
+                                        permutation_type="samples", n_resamples=np.inf)
+    assert c["p"] == pytest.approx(perm.pvalue)
+    exact_p.append(perm.pvalue)
+  holm = multipletests(exact_p, method="holm")[1]
+  for domain, p in zip(DOMAINS, holm):
+    assert table[domain]["comparison"]["p_holm"] == pytest.approx(p)
+
+
+def test_main_table_pools_benchmarks_per_seed(fake_sweep):
+  _, result, _ = fake_sweep
+  rows = {d["arm"]: d for d in result["tables"]["table1_main"]}
+  assert sorted(rows) == ["both", "vanilla"]  # The unfinished depth run has no cell.
+  pooled = (_per_seed("primitives", "both") + _per_seed("compounds", "both")) / 2
+  assert rows["both"]["fscore@0.02"]["mean"] == pytest.approx(pooled.mean())
+  assert rows["both"]["fscore@0.02"]["n_seeds"] == 5
+  assert rows["both"]["accuracy"]["mean"] == pytest.approx(90.0)
+  assert rows["vanilla"]["recall@0.02"]["mean"] == pytest.approx(0.25)
+
+
+def test_report_lists_missing_runs_and_writes_latex_and_plots(fake_sweep):
+  out, result, pending_id = fake_sweep
+  assert result["missing"] == {pending_id: "pending"}
+  with open(os.path.join(out, "REPORT.md")) as f:
+    text = f.read()
+  assert f"`{pending_id}` pending" in text
+  assert "p (Holm)" in text and "Table 3" not in text  # No levels in this sweep: no table 3.
+  with open(os.path.join(out, "table2_benchmarks.tex")) as f:
+    assert "\\begin{tabular}" in f.read()
+  assert os.path.getsize(os.path.join(out, "forest.png")) > 5_000
