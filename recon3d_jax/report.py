@@ -304,6 +304,26 @@ class Builder:
                   "in unit-cube units); accuracy is occupancy accuracy on the uniform query "
                   "points, x100."], data)
 
+  def pairwise(self) -> Table | None:
+    """Paired differences between methods, benchmarks pooled per seed: normal vs depth (the
+    question the study asks) and every other method vs the baseline."""
+    selected = select(self.runs, self.base, {"arm", BENCHMARK_KEY})
+    arms = distinct(selected, "arm", self.base)
+    pairs = [("normal", "depth")] if {"normal", "depth"} <= set(arms) else []
+    pairs += [(a, self.baseline) for a in arms if a != self.baseline and self.baseline in arms]
+    if not pairs:
+      return None
+    by_arm = {a: [r for r in selected if r.value("arm", self.base) == a] for a in arms}
+    comps = [(f"{a} − {b}", self._compare(by_arm[a], by_arm[b])) for a, b in pairs]
+    m = holm([c for _, c in comps])
+    rows = [[label, fmt_diff(c), fmt_p(c, "p"), fmt_p(c, "p_holm"), fmt_d(c)]
+            for label, c in comps]
+    return Table("table1b_pairwise", "Table 1b: paired differences between methods",
+                 ["Comparison", f"Δ {self.f_name}", "p", "p (Holm)", "d_z"], rows,
+                 ["Each seed's runs on every benchmark are pooled into one paired unit.",
+                  COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps),
+                 [dict(comparison=label, **(c or {})) for label, c in comps])
+
   def versus(self, key: str, name: str, title: str, label: str, gain: str) -> Table | None:
     """Baseline vs ours at each value of `key` (per benchmark, scaling, architectures)."""
     if not key or not self._overridden(key):
@@ -518,6 +538,7 @@ class Builder:
   def tables(self, sweep_dir: str) -> list[Table]:
     candidates = [
         self.main(),
+        self.pairwise(),
         self.versus(BENCHMARK_KEY, "table2_benchmarks", "Table 2: per benchmark", "Benchmark",
                     "Improvement (%)"),
         self.levels(),

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from recon3d_jax import config_lib, evaluate, losses, models, sharding, weighting, writers
-from recon3d_jax.data import pipeline
+from recon3d_jax.data import corrupt, pipeline
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
 
@@ -111,7 +111,7 @@ def make_train_step(model: models.ReconModel, tx: optax.GradientTransformation,
                                       instance_weighting.weighted_terms)
       kl = weighting.kl_to_uniform(w)
       loss = loss + instance_weighting.kl_weight * kl
-      stats.update(weighting.weight_stats(w, batch["level"]))
+      stats.update(weighting.weight_stats(w, batch["level"], corrupt.LEVELS))
       stats.update({"loss/kl": kl, "loss/total": loss})
       return loss, stats
 

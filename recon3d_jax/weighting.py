@@ -43,8 +43,23 @@ def pearson(x: jax.Array, y: jax.Array) -> jax.Array:
                    0.0)
 
 
-def weight_stats(weights: jax.Array, levels: jax.Array) -> dict[str, jax.Array]:
-  """Scalars to log: entropy, max weight and the correlation of weights (B,) with the
-  instances' supervision levels (B,) int (-1 = clean, 0 = minimal ... 4 = extreme)."""
-  return {"weights/entropy": entropy(weights), "weights/max": jnp.max(weights),
-          "weights/corr_level": pearson(weights, levels.astype(weights.dtype))}
+def scaled_weight_by_level(weights: jax.Array, levels: jax.Array, num_levels: int) -> jax.Array:
+  """Mean of B * w_i over the instances of each level 0..num_levels-1 -> (num_levels,); 1 means
+  the uniform weight, NaN for a level absent from the batch."""
+  scaled = weights * weights.shape[0]
+  onehot = levels[:, None] == jnp.arange(num_levels)
+  counts = jnp.sum(onehot, axis=0)
+  sums = jnp.sum(jnp.where(onehot, scaled[:, None], 0.0), axis=0)
+  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), jnp.nan)
+
+
+def weight_stats(weights: jax.Array, levels: jax.Array,
+                 level_names: tuple[str, ...] = ()) -> dict[str, jax.Array]:
+  """Scalars to log: entropy, max weight, the correlation of weights (B,) with the instances'
+  supervision levels (B,) int (-1 = clean, 0 = minimal ... 4 = extreme), and the mean scaled
+  weight B * w of each named level (`scaled_weight_by_level`)."""
+  stats = {"weights/entropy": entropy(weights), "weights/max": jnp.max(weights),
+           "weights/corr_level": pearson(weights, levels.astype(weights.dtype))}
+  by_level = scaled_weight_by_level(weights, levels, len(level_names))
+  stats.update({f"weights/scaled_{name}": by_level[i] for i, name in enumerate(level_names)})
+  return stats

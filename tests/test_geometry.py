@@ -249,6 +249,26 @@ def test_render_batch_of_mixed_kinds():
   assert np.mean(out['normal'][mask][:, 2] < 0.05) > 0.995
 
 
+def test_rendered_normals_match_sdf_gradient_at_hit_points():
+  """Normals of the random renders vs central differences of the SDF at the hit points
+  rebuilt from the depth with numpy rays: catches constant or stale normal maps."""
+  (shapes, cameras, _), out = _render_batch()
+  h = 1e-3
+  for i in range(len(_RENDER_CASES), len(out['mask'])):
+    o, d, rot = _numpy_rays(_take(cameras, i), IMAGE_SIZE)
+    mask = out['mask'][i]
+    points = (o + (out['depth'][i] / (d @ rot[2]))[..., None] * d)[mask].astype(np.float32)
+    shape = _take(shapes, i)
+    fd = np.stack([np.asarray(_sdf(shape, points + h * e)) - np.asarray(_sdf(shape, points - h * e))
+                   for e in np.eye(3, dtype=np.float32)], -1) / (2 * h)
+    # Off edges, tips and the torus' inner ring the differences are a unit gradient.
+    smooth = np.abs(np.linalg.norm(fd, axis=-1) - 1) < 1e-2
+    assert smooth.mean() > 0.8, i
+    expected = (fd / np.linalg.norm(fd, axis=-1, keepdims=True)) @ rot.T
+    angle = _angle_deg(out['normal'][i][mask][smooth], expected[smooth])
+    assert np.percentile(angle, 95) < 2.0, (i, KINDS[int(shape.kind)])
+
+
 def test_sphere_trace_plane():
   # The plane y = 0 seen at 30 degrees from height 1 is hit at ray length 2.
   origins = jnp.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])

@@ -116,3 +116,16 @@ def test_report_lists_missing_runs_and_writes_latex_and_plots(fake_sweep):
   with open(os.path.join(out, "table2_benchmarks.tex")) as f:
     assert "\\begin{tabular}" in f.read()
   assert os.path.getsize(os.path.join(out, "forest.png")) > 5_000
+
+
+def test_pairwise_table_pools_benchmarks_into_paired_seeds(fake_sweep):
+  _, result, _ = fake_sweep
+  (row,) = result["tables"]["table1b_pairwise"]  # Only "both" and "vanilla" finished.
+  assert row["comparison"] == "both − vanilla"
+  x = (_per_seed("primitives", "both") + _per_seed("compounds", "both")) / 2
+  y = (_per_seed("primitives", "vanilla") + _per_seed("compounds", "vanilla")) / 2
+  assert row["diff"] == pytest.approx(np.mean(x - y)) and row["n"] == 5
+  perm = scipy.stats.permutation_test((x, y), lambda a, b: np.mean(a - b),
+                                      permutation_type="samples", n_resamples=np.inf)
+  assert row["p"] == pytest.approx(perm.pvalue)
+  assert row["d_z"] == pytest.approx(np.mean(x - y) / np.std(x - y, ddof=1))

@@ -92,3 +92,14 @@ def test_one_and_eight_devices_give_identical_weights(scores):
   np.testing.assert_allclose(kl1, kl8, rtol=1e-5, atol=1e-7)
   for key in st1:
     np.testing.assert_allclose(st1[key], st8[key], rtol=1e-5, err_msg=key)
+
+
+def test_scaled_weight_by_level_against_numpy(scores):
+  w = np.asarray(weighting.softmax_weights(jnp.asarray(scores), 1.0))
+  levels = np.arange(B) % 3  # Levels 0, 1, 2 present; 3 and 4 absent.
+  got = np.asarray(weighting.scaled_weight_by_level(jnp.asarray(w), jnp.asarray(levels), 5))
+  for level in range(3):
+    np.testing.assert_allclose(got[level], np.mean(B * w[levels == level]), rtol=1e-5)
+  assert np.isnan(got[3:]).all()
+  named = weighting.weight_stats(jnp.asarray(w), jnp.asarray(levels), ("a", "b", "c"))
+  np.testing.assert_allclose(named["weights/scaled_b"], got[1], rtol=1e-6)

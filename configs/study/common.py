@@ -7,8 +7,8 @@ Every study config declares, before any run:
 - `BASELINE_ARM` / `OURS_ARM`: the two arms the report compares (vanilla vs full, 3D-R-DEP).
 
 Arguments (`configs/study/main.py:runlocal,seeds=2`):
-- `runlocal`: the embedded scale for a 2-core CPU (32 px, small widths, 150 steps, 3 seeds,
-  2 benchmarks); without it, the full scale for GPUs (64 px, 20k steps, 5 seeds).
+- `runlocal`: the embedded scale for a 2-core CPU (32 px, small widths, 200 steps of 16,
+  256 training / 48 test instances, 3 seeds, 2 benchmarks); without it, the full scale for GPUs (64 px, 20k steps, 5 seeds).
 - `seeds`: number of seeds per cell (0 keeps the scale's default).
 """
 from configs import default
@@ -17,7 +17,7 @@ from recon3d_jax import config_lib
 PRIMARY_METRIC = "fscore@0.02"
 BASELINE_ARM = "vanilla"
 OURS_ARM = "full"
-ARMS = ("vanilla", "normal", "depth", "both", "full", "oracle")
+ARMS = ("vanilla", "normal", "depth", "both", "full", "oracle", "sketch")
 LEVELS = ("minimal", "low", "medium", "high", "extreme")
 RDEP_COMPONENTS = ("feature_extraction", "adaptive_weighting", "regularization")
 
@@ -31,11 +31,14 @@ def get_config(arg):
   c = default.get_config("runlocal" if arg.runlocal else None)
   c.arm = BASELINE_ARM
   if arg.runlocal:
-    c.data.num_train = 96
-    c.total_steps = 150
-    c.log_every_steps = 10
-    c.eval_every_steps = 75
-    c.checkpoint_every_steps = 50
+    # Sized so the main study (57 runs) fits in under an hour on 2 CPU cores, 2 workers.
+    c.data.update(num_train=256, num_validation=16, num_test=48)
+    c.eval.max_instances = 48
+    c.batch_size = 16
+    c.total_steps = 200
+    c.log_every_steps = 20
+    c.eval_every_steps = 200
+    c.checkpoint_every_steps = 100
     c.optimizer.warmup_steps = 10
   else:
     c.data.num_train = 10_000
