@@ -76,7 +76,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ReconMod
                        tx: optax.GradientTransformation, mesh: Mesh) -> State:
   """Initialises parameters from config.seed, replicated over the mesh."""
   size = config.data.image_size
-  images = jnp.zeros((1, size, size, 3), jnp.float32)
+  blank = dict(image=jnp.zeros((1, size, size, 3)), mask=jnp.zeros((1, size, size)),
+               depth=jnp.zeros((1, size, size)), normal=jnp.zeros((1, size, size, 3)))
+  images = models.input_images(blank, model.input_maps, model.depth_offset)  # 3 or 7 channels.
   points = jnp.zeros((1, config.data.points_per_step, 3), jnp.float32)
 
   def init():

@@ -195,3 +195,19 @@ def test_weighted_step_is_the_same_on_one_and_eight_devices(tiny_config):
   per_instance = sum(loss_weights[k] * np.asarray(terms1[k], np.float64) for k in losses.TERMS)
   np.testing.assert_allclose(stats1["loss/total"],
                              np.sum(w * per_instance) + config.rdep.kl_weight * kl, rtol=1e-5)
+
+
+def test_oracle_state_is_created_with_seven_input_channels(tiny_config):
+  """create_train_state initialises the oracle's stem for image + depth + normal channels."""
+  config = _config(tiny_config, arm="oracle")
+  model, tx = train.build_model(config), train.make_optimizer(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = train.create_train_state(config, model, tx, mesh)
+  stem = state["params"]["backbone"]["ResNetStages_0"]["stem"]["kernel"]
+  assert stem.shape[2] == 7
+  batch = dict(_synthetic_batch([0] * B), depth_clean=np.full((B, S, S), 2.0, np.float32),
+               normal_clean=np.zeros((B, S, S, 3), np.float32))
+  step = train.jit_train_step(train.make_train_step(model, tx, train.loss_weights_for(config)),
+                              mesh)
+  _, stats = step(state, sharding.shard_batch(batch, mesh))
+  assert np.isfinite(float(stats["loss/total"]))
