@@ -317,10 +317,14 @@ def format_status(sweep_dir: str) -> str:
   states = status(sweep_dir)
   lines = [", ".join(f"{s}: {len(states[s])}" for s in STATES)]
   for rid in states["failed"]:
-    with open(os.path.join(run_dir(sweep_dir, rid), ERROR)) as f:
-      last = f.read().strip().splitlines()
-    lines.append(f"failed {rid}: {last[-1] if last else ''}")
+    lines.append(f"failed {rid}: {error_summary(sweep_dir, rid)}")
   return "\n".join(lines)
+
+
+def error_summary(sweep_dir: str, rid: str) -> str:
+  """The first line of a failed run's ERROR file: the exception (or why it was blocked)."""
+  with open(os.path.join(run_dir(sweep_dir, rid), ERROR)) as f:
+    return f.readline().strip()
 
 
 def mark_failed(sweep_dir: str, rid: str, message: str) -> None:
@@ -360,9 +364,10 @@ def run_one(sweep_dir: str, rid: str) -> str:
     try:
       from recon3d_jax import train  # Imports JAX: only ever inside a worker.
       train.train_and_evaluate(run_config(manifest, rid, sweep_dir), workdir)
-    except Exception:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except
       logging.exception("Run %s failed.", rid)
-      mark_failed(sweep_dir, rid, traceback.format_exc())
+      # The exception first: the line that --status and the report show.
+      mark_failed(sweep_dir, rid, f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}")
       return "failed"
     writers.atomic_write(os.path.join(workdir, DONE), json.dumps(
         dict(host=socket.gethostname(), finished=time.time(), attempt_s=time.time() - start)))

@@ -129,3 +129,14 @@ def test_pairwise_table_pools_benchmarks_into_paired_seeds(fake_sweep):
                                       permutation_type="samples", n_resamples=np.inf)
   assert row["p"] == pytest.approx(perm.pvalue)
   assert row["d_z"] == pytest.approx(np.mean(x - y) / np.std(x - y, ddof=1))
+
+
+def test_secondary_metric_is_labelled_as_such(fake_sweep, tmp_path):
+  out, _, _ = fake_sweep
+  second = report.write_report(os.path.dirname(out), str(tmp_path), n_resamples=999,
+                               metric="recall@0.02")
+  with open(os.path.join(second, "report.json")) as f:
+    rows = {d["arm"]: d for d in json.load(f)["tables"]["table1_main"]}
+  assert rows["both"]["recall@0.02"]["mean"] == pytest.approx(0.25)
+  with open(os.path.join(second, "REPORT.md")) as f:
+    assert "Metric: recall@0.02, a SECONDARY analysis (the study declared fscore@0.02)" in f.read()

@@ -161,7 +161,7 @@ def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
                            f"--sweep_dir={sweep_dir}", "--status"], cwd=REPO,
                           capture_output=True, text=True, timeout=60).stdout
   assert "done: 4, running: 0, failed: 1, pending: 0" in status
-  assert f"failed {sweeps.run_id(bad)}" in status
+  assert f"failed {sweeps.run_id(bad)}: ConfigError: config.model.encoder='resnet11'" in status
 
   # 3. Relaunch again: finished runs are skipped (their DONE markers are untouched).
   done_times = [os.path.getmtime(sweep_dir / "runs" / i / sweeps.DONE) for i in ids]
