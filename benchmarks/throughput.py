@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from recon3d_jax import sharding, train
+from recon3d_jax import cost, sharding, train
 from recon3d_jax.data import builder
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
@@ -48,13 +48,7 @@ def train_step(config, repeats: int) -> dict:
   step = train.jit_train_step(train.make_train_step(model, tx, train.loss_weights_for(config)),
                               mesh)
   b, h, m = config.batch_size, config.data.image_size, config.data.points_per_step
-  rng = np.random.default_rng(0)
-  batch = sharding.shard_batch(dict(
-      image=rng.random((b, h, h, 3), np.float32), depth=rng.random((b, h, h), np.float32) + 2,
-      normal=rng.standard_normal((b, h, h, 3)).astype(np.float32),
-      mask=(rng.random((b, h, h)) > 0.5).astype(np.float32),
-      points=rng.random((b, m, 3), np.float32) - 0.5,
-      occ=(rng.random((b, m)) > 0.5).astype(np.float32)), mesh)
+  batch = sharding.shard_batch(cost.synthetic_batch(config, b), mesh)
   holder = {"state": state}
 
   def run():

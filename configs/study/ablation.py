@@ -7,9 +7,7 @@ from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa:
 
 
 def get_config(arg=None):
-  c = common.get_config(common.parse(arg))
-  c.data.supervision = "uniform"
-  return c
+  return common.get_config(common.parse(arg), supervision="uniform")
 
 
 def sweep(arg=None):

@@ -26,10 +26,12 @@ def parse(arg, **extra):
   return config_lib.parse_arg(arg, runlocal=False, seeds=0, **extra)
 
 
-def get_config(arg):
-  """The study-wide base config at the embedded or the full scale."""
+def get_config(arg, supervision: str = "clean"):
+  """The study-wide base config at the embedded or the full scale, with 2.5D labels of this
+  quality (`config.data.supervision`)."""
   c = default.get_config("runlocal" if arg.runlocal else None)
   c.arm = BASELINE_ARM
+  c.data.supervision = supervision
   if arg.runlocal:
     # Sized so the main study (57 runs) fits in under an hour on 2 CPU cores, 2 workers.
     c.data.update(num_train=256, num_validation=16, num_test=48)

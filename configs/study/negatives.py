@@ -12,9 +12,7 @@ ENSEMBLE_MEMBERS = 3
 
 
 def get_config(arg=None):
-  c = common.get_config(common.parse(arg))
-  c.data.supervision = "uniform"
-  return c
+  return common.get_config(common.parse(arg), supervision="uniform")
 
 
 def sweep(arg=None):

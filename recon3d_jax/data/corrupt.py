@@ -230,6 +230,21 @@ def _check_map(name: str, x, mask) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _acquisition(shape: tuple[int, ...], mask: np.ndarray, p: LevelParams,
+                 rng: np.random.Generator, fov_deg: float):
+  """The random draws of one simulated 2.5D acquisition, always in this order, so that one rng
+  state gives the depth and the normal map the same tilt and holes.
+
+  Returns rays (H,W,3), log_scale (H,W) and normal_shift (H,W,3) of the tilt, holes (H,W) bool,
+  and a unit-variance noise field of `shape` (the map's shape).
+  """
+  rays = pixel_rays(*mask.shape, fov_deg)
+  log_scale, normal_shift = _tilt(rays, p.bias_deg, rng)
+  holes = _holes(mask, p.hole_fraction, rng)
+  noise = _gaussian_field(shape, _scale_px(NOISE_CORRELATION_PX, mask.shape[0]), rng)
+  return rays, log_scale, normal_shift, holes, noise
+
+
 def corrupt_normals(normal, mask, level: str | int | LevelParams, rng: np.random.Generator,
                     fov_deg: float = FOV_DEG):
   """Normal-map target at a supervision level (blur, correlated angular noise, tilt, holes).
@@ -252,11 +267,7 @@ def corrupt_normals(normal, mask, level: str | int | LevelParams, rng: np.random
   if not np.all(np.isfinite(normal[mask])):
     raise ValueError("normal must be finite on the mask.")
   size = mask.shape[0]
-  rays = pixel_rays(*mask.shape, fov_deg)
-  # Same draw order as corrupt_depth: one rng state gives both modalities the same tilt and holes.
-  _, normal_shift = _tilt(rays, p.bias_deg, rng)
-  holes = _holes(mask, p.hole_fraction, rng)
-  noise = _gaussian_field(normal.shape, _scale_px(NOISE_CORRELATION_PX, size), rng)
+  rays, _, normal_shift, holes, noise = _acquisition(normal.shape, mask, p, rng, fov_deg)
   out = _normalize(_masked_blur(normal, mask, _scale_px(p.blur_px, size)))
   out = _rotate_normals(out, np.deg2rad(p.normal_noise_deg) * noise)
   out = _tilt_normals(out, rays, normal_shift)
@@ -286,11 +297,7 @@ def corrupt_depth(depth, mask, level: str | int | LevelParams, rng: np.random.Ge
   if not np.all(depth[mask] > 0):
     raise ValueError("depth must be finite and > 0 on the mask.")
   size = mask.shape[0]
-  rays = pixel_rays(*mask.shape, fov_deg)
-  # Same draw order as corrupt_normals: one rng state gives both modalities the same tilt and holes.
-  log_scale, _ = _tilt(rays, p.bias_deg, rng)
-  holes = _holes(mask, p.hole_fraction, rng)
-  noise = _gaussian_field(depth.shape, _scale_px(NOISE_CORRELATION_PX, size), rng)
+  _, log_scale, _, holes, noise = _acquisition(depth.shape, mask, p, rng, fov_deg)
   out = _masked_blur(depth, mask, _scale_px(p.blur_px, size))
   # Multiplicative in log-depth: relative noise, and depth stays positive at any level.
   out = out * np.exp(p.depth_noise * noise + log_scale)
