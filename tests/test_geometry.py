@@ -293,8 +293,11 @@ def _occupancy_batch():
   shapes = _stack([s for s, _ in closed_form] +
                   [_take(_random_shapes(), i) for i in range(0, NUM_RANDOM, PER_KIND)])
   keys = jax.random.split(jax.random.PRNGKey(3), len(shapes.kind))
-  occ = jax.jit(jax.vmap(lambda s, k: groundtruth.occupancy_points(s, k, 4096, 4096)))(
-      shapes, keys)
+  def occupancy(s, k):
+    surface_key, occ_key = jax.random.split(k)
+    surface, _ = groundtruth.surface_points(s, surface_key, 4096)
+    return groundtruth.occupancy_points(s, occ_key, 4096, surface)
+  occ = jax.jit(jax.vmap(occupancy))(shapes, keys)
   voxels = jax.jit(jax.vmap(lambda s: groundtruth.voxelize(s, 16)))(shapes)
   return [f for _, f in closed_form], jax.tree.map(np.asarray, occ), np.asarray(voxels)
 

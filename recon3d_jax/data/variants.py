@@ -12,6 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from recon3d_jax.geometry import vec
+
 BACKGROUNDS = ("random", "white", "black")
 
 
@@ -106,9 +108,9 @@ def shade(points: jax.Array, normals: jax.Array, hit: jax.Array, appearance: dic
     rgb (..., 3) float32 in [0, 1].
   """
   a = appearance
-  lambert = jnp.maximum(normals @ a["light_dir"], 0.0)
+  lambert = jnp.maximum(vec.dot(normals, a["light_dir"]), 0.0)
   light = a["ambient"] + (1 - a["ambient"]) * lambert
-  stripes = 1.0 - texture * (0.5 + 0.5 * jnp.sin(STRIPE_FREQUENCY * (points @ a["stripe_dir"])))
+  stripes = 1.0 - texture * (0.5 + 0.5 * jnp.sin(STRIPE_FREQUENCY * vec.dot(points, a["stripe_dir"])))
   rgb = a["albedo"] * (stripes * light)[..., None]
   rgb = jnp.where(hit[..., None], rgb, a["background"])
   return jnp.clip(rgb, 0.0, 1.0).astype(jnp.float32)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from recon3d_jax.geometry import vec
+
 
 class Camera(NamedTuple):
   """A pinhole camera.
@@ -78,18 +80,17 @@ def camera_rays(camera: Camera, image_size: int):
   c = (jnp.arange(image_size, dtype=jnp.float32) + 0.5) / image_size * 2 - 1
   x, y = jnp.meshgrid(c * tan_half, c * tan_half, indexing='xy')  # x: column j, y: row i
   d_cam = jnp.stack([x, y, jnp.ones_like(x)], axis=-1)
-  d_cam = d_cam / jnp.linalg.norm(d_cam, axis=-1, keepdims=True)
-  directions = d_cam @ camera.rotation  # R^T d for row vectors
+  directions = vec.matmul(vec.normalize(d_cam), camera.rotation)  # R^T d for row vectors
   origins = jnp.broadcast_to(camera.position, directions.shape)
   return origins, directions
 
 
 def world_to_camera_points(camera: Camera, p):
   """Full rigid transform R (p - position) of (..., 3) world points to camera frame."""
-  return (p - camera.position) @ camera.rotation.T
+  return vec.matmul(p - camera.position, camera.rotation.T)
 
 
 def rotate_to_camera(camera: Camera, v):
   """Rotation only, R v, of (..., 3) world vectors (normals, or viewer-centred
   3D targets: the object stays centred at the origin, the frame turns with the camera)."""
-  return v @ camera.rotation.T
+  return vec.matmul(v, camera.rotation.T)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from recon3d_jax.geometry import sdf as sdf_lib
+from recon3d_jax.geometry import vec
 
 OPS = ('union', 'subtract', 'intersect', 'smooth_union')
 UNION, SUBTRACT, INTERSECT, SMOOTH_UNION = range(len(OPS))
@@ -133,7 +134,7 @@ def csg_sdf_and_grad(c: Csg, points):
 def csg_normal(c: Csg, points):
   """Unit outward normals (..., 3): the normalised gradient."""
   _, grad = csg_sdf_and_grad(c, points)
-  return grad / sdf_lib._norm(grad)[..., None]
+  return vec.normalize(grad)
 
 
 # Numerical bounding box, per axis direction u (+-x, +-y, +-z): pattern
@@ -179,7 +180,7 @@ def project_to_surface(sdf_and_grad, points, steps=_PROJECTION_STEPS):
     d, grad = sdf_and_grad(p)
     # |grad| = 1 except on ties (edges), singular points and in bounds; the
     # floor keeps the step there within 4 |f|.
-    grad_sq = jnp.maximum(jnp.sum(grad * grad, axis=-1), 0.25)
+    grad_sq = jnp.maximum(vec.dot(grad, grad), 0.25)
     return p - (d / grad_sq)[..., None] * grad
   return jax.lax.fori_loop(0, steps, step, points)
 
@@ -232,8 +233,8 @@ def _numeric_aabb(c: Csg):
   def ascend(i, carry):
     p, score = carry
     _, grad = sdf_and_grad(p)
-    n = grad / sdf_lib._norm(grad)[..., None]
-    tangent = u - jnp.sum(u * n, -1, keepdims=True) * n
+    n = vec.normalize(grad)
+    tangent = u - vec.dot(u, n)[..., None] * n
     q = project_to_surface(sdf_and_grad, p + jnp.max(cell) / 2 ** (i + 2) * tangent,
                            _PROJECTION_STEPS + 1)
     reach = jnp.sum(q * u, -1)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from recon3d_jax.data import variants
 from recon3d_jax.geometry import camera as camera_lib
 from recon3d_jax.geometry import csg
+from recon3d_jax.geometry import vec
 
 # Rays are traced only inside the shape's bounding box (within the unit cube),
 # padded by this margin.
@@ -117,7 +118,7 @@ def render(shape, camera: camera_lib.Camera, image_size: int, appearance: dict,
   points = origins + t[..., None] * directions
   normal = csg.csg_normal(c, points)
   forward = camera.rotation[2]
-  depth = t * (directions @ forward)
+  depth = t * vec.dot(directions, forward)
   rgb = variants.shade(points, normal, hit, appearance, texture)
   return dict(
       rgb=rgb,

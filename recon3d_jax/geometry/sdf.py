@@ -31,6 +31,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from recon3d_jax.geometry import vec
+
 PRIMITIVE_KINDS = ('sphere', 'box', 'rounded_box', 'torus', 'capsule',
                    'cylinder', 'cone', 'ellipsoid')
 # Every kind a Shape can have: the primitives, then the part-only kinds.
@@ -311,7 +313,7 @@ def shape_sdf(shape: Shape, points, kinds=ALL_KINDS):
   jit (one branch runs) and for a vmapped batch of shapes of the (static)
   `kinds`.
   """
-  local = ((points - shape.translation) @ shape.rotation) / shape.scale
+  local = vec.matmul(points - shape.translation, shape.rotation) / shape.scale
   return shape.scale * _switch(shape, _SDFS, _components(local), kinds)
 
 
@@ -321,17 +323,17 @@ def shape_sdf_and_grad(shape: Shape, points, kinds=ALL_KINDS):
   Differentiates inside each branch, which compiles about twice as fast as
   differentiating through lax.switch.
   """
-  local = ((points - shape.translation) @ shape.rotation) / shape.scale
+  local = vec.matmul(points - shape.translation, shape.rotation) / shape.scale
   fns = [functools.partial(_local_sdf_and_grad, sdf_fn=f) for f in _SDFS]
   d, local_grad = _switch(shape, fns, local, kinds)
   # d/dp [s f(R^T (p - t) / s)] = R grad f.
-  return shape.scale * d, local_grad @ shape.rotation.T
+  return shape.scale * d, vec.matmul(local_grad, shape.rotation.T)
 
 
 def shape_normal(shape: Shape, points, kinds=ALL_KINDS):
   """Unit outward normals (..., 3) in the world frame: normalised SDF gradient."""
   _, grad = shape_sdf_and_grad(shape, points, kinds)
-  return grad / _norm(grad)[..., None]
+  return vec.normalize(grad)
 
 
 def shape_aabb(shape: Shape, kinds=ALL_KINDS):
