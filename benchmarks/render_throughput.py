@@ -4,7 +4,8 @@
         [--image_sizes=64,128] [--repeats=5]
 
 Prints one JSON object per (domain, image size): samples/s of synth.generate_batch in chunks
-of builder.GENERATION_CHUNK keys (as the TFDS builder calls it) with the default variant and
+of keys as the TFDS builder calls it (builder.FAMILY_CHUNK for primitives, else
+builder.GENERATION_CHUNK) with the default variant and
 config sizes, the median of `repeats` timed calls after a warm-up (compilation) call, and the
 machine load (/proc/loadavg) before and after, since shared machines are noisy.
 """
@@ -17,19 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from recon3d_jax.data import synth, variants
+from recon3d_jax.data import builder, synth, variants
 
 _DOMAINS = flags.DEFINE_list("domains", ["primitives", "compounds", "organic"], "Domains.")
 _IMAGE_SIZES = flags.DEFINE_list("image_sizes", ["64", "128"], "Image sizes (pixels).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions after one warm-up.")
 
-CHUNK = 32  # builder.GENERATION_CHUNK, without importing TFDS.
 SIZES = dict(num_surface_points=2048, num_uniform_points=2048, num_near_points=2048,
              voxel_resolution=32)  # configs/default.py
 
 
 def measure(domain: str, image_size: int, repeats: int) -> dict:
-  keys = synth.sample_keys(0, "train", jnp.arange(CHUNK))
+  chunk = (builder.FAMILY_CHUNK if synth.DOMAINS[domain].per_family_kinds
+           else builder.GENERATION_CHUNK)
+  keys = synth.sample_keys(0, "train", jnp.arange(chunk))
 
   def run():
     return synth.generate_batch(keys, domain=domain, variant=variants.VARIANTS["default"],
@@ -45,7 +47,7 @@ def measure(domain: str, image_size: int, repeats: int) -> dict:
     jax.block_until_ready(run())
     times.append(time.perf_counter() - start)
   return dict(benchmark="render_samples_per_s", domain=domain, image_size=image_size,
-              value=CHUNK / float(np.median(times)), times_s=times, warmup_s=compile_s,
+              value=chunk / float(np.median(times)), times_s=times, warmup_s=compile_s,
               loadavg_before=load_before, loadavg_after=os.getloadavg(),
               cpu_count=os.cpu_count(), **SIZES)
 

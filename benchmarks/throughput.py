@@ -35,10 +35,10 @@ def _time(fn, repeats: int) -> list[float]:
 
 def rendering(config, repeats: int) -> dict:
   generator = builder.Generator(builder.SynthConfig.from_data_config(config.data))
-  indices = np.arange(builder.GENERATION_CHUNK)
+  indices = np.arange(generator.chunk)  # One call of the builder.
   times = _time(lambda: generator.generate("train", indices), repeats)
   return dict(benchmark="render_samples_per_s", dataset=generator.config.name,
-              value=builder.GENERATION_CHUNK / float(np.median(times)), times_s=times)
+              value=generator.chunk / float(np.median(times)), times_s=times)
 
 
 def train_step(config, repeats: int) -> dict:

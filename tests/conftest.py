@@ -1,11 +1,16 @@
 """Test set-up: 8 simulated CPU devices, so data parallelism is exercised on any machine."""
 import os
+import tempfile
 
 # Must be set before JAX initialises its backend.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the xdist workers and the subprocesses the end-to-end
+# tests start: the same renderers and train steps then compile once per machine, not per process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "recon3d_jax_test_jax_cache"))
 
 import pytest  # noqa: E402
 

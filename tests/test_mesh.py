@@ -224,9 +224,10 @@ def batch(mesh_set):
 
 def test_generate_batch_has_the_fields_of_an_sdf_sample(batch):
   sample, _ = batch
-  sdf = jax.eval_shape(functools.partial(
-      synth.generate_batch, domain="primitives", variant=variants.get_variant("default"),
-      families=None, **SIZES), jax.random.split(jax.random.key(0), 3))
+  def primitive_sample(key):
+    shape = synth.DOMAINS["primitives"].sample(key, None)
+    return synth.make_sample(shape, key, variant=variants.get_variant("default"), **SIZES)
+  sdf = jax.eval_shape(jax.vmap(primitive_sample), jax.random.split(jax.random.key(0), 3))
   assert set(sample) == set(sdf)
   for name, spec in sdf.items():
     assert (sample[name].shape, sample[name].dtype) == (spec.shape, spec.dtype), name

@@ -30,7 +30,10 @@ import tensorflow_datasets as tfds
 
 from recon3d_jax.data import benchmarks, synth, variants
 
-GENERATION_CHUNK = 32  # Samples rendered per jitted call.
+GENERATION_CHUNK = 32  # Samples rendered per jitted call (padded to it: one compilation).
+# Samples per Generator.generate call where synth renders family by family (primitives):
+# enough that every family fills its synth.FAMILY_BATCH calls; not padded.
+FAMILY_CHUNK = 256
 # The 25 real meshes shipped with the repository (see assets/meshes/README.md).
 BUNDLED_MESH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "assets",
                                 "meshes")
@@ -142,15 +145,19 @@ class Generator:
       self.family_names = tuple(self.meshes.names)
     else:
       self.family_names = synth.DOMAINS[self.benchmark.domain].families
+    by_family = (self.benchmark.domain != "meshes" and
+                 synth.DOMAINS[self.benchmark.domain].per_family_kinds)
+    self.chunk = FAMILY_CHUNK if by_family else GENERATION_CHUNK  # Instances per generate call.
 
   def families(self, split: str) -> tuple[int, ...] | None:
     return self.benchmark.split_families(split, self.family_names)
 
   def generate(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """indices (B,) -> dict of (B, ...) numpy fields; B is padded to GENERATION_CHUNK inside so
-    the jitted renderers compile once."""
+    """indices (B,) -> dict of (B, ...) numpy fields; B <= self.chunk, padded to GENERATION_CHUNK
+    inside, where synth does not batch by family, so the jitted renderers compile once."""
     c = self.config
-    padded = np.pad(indices, (0, GENERATION_CHUNK - len(indices)), mode="edge")
+    padded = indices if self.chunk == FAMILY_CHUNK else np.pad(
+        indices, (0, GENERATION_CHUNK - len(indices)), mode="edge")
     keys = synth.sample_keys(c.build_seed, split, jnp.asarray(padded))
     families = self.families(split)
     if self.benchmark.domain == "meshes":
@@ -193,7 +200,7 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, generator: Generator, split: str) -> Iterator:
     count = self.builder_config.split_size(split)
-    for start in range(0, count, GENERATION_CHUNK):
-      batch = generator.generate(split, np.arange(start, min(start + GENERATION_CHUNK, count)))
+    for start in range(0, count, generator.chunk):
+      batch = generator.generate(split, np.arange(start, min(start + generator.chunk, count)))
       for row, index in enumerate(batch["index"]):
         yield int(index), {k: v[row] for k, v in batch.items()}

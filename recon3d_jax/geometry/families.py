@@ -24,9 +24,16 @@ from recon3d_jax.geometry import sdf as sdf_lib
 
 
 class Domain(NamedTuple):
-  """A shape domain: family names and sample(key, families) -> csg.Csg."""
+  """A shape domain: family names and sample(key, families) -> csg.Csg.
+
+  `per_family_kinds`: a shape's SDF kinds follow from its family, and
+  sample(key, (f,)) is the shape sample(key, families) draws whenever that is
+  of family f. Batches can then be rendered family by family with one SDF
+  kind each instead of a switch over all of them (see synth.generate_batch).
+  """
   families: tuple[str, ...]
   sample: Callable[[jax.Array, tuple[int, ...] | None], csg.Csg]
+  per_family_kinds: bool = False
 
 
 def check_families(domain_name: str, domain: Domain,
@@ -245,7 +252,7 @@ def _sample_organic(key, families=None) -> csg.Csg:
 
 
 DOMAINS: dict[str, Domain] = {
-    'primitives': Domain(sdf_lib.PRIMITIVE_KINDS, _sample_primitive),
+    'primitives': Domain(sdf_lib.PRIMITIVE_KINDS, _sample_primitive, per_family_kinds=True),
     'compounds': Domain(csg.OPS, _sample_compound),
     'organic': Domain(ORGANIC_FAMILIES, _sample_organic),
 }
