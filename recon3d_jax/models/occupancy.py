@@ -4,6 +4,15 @@ import jax
 import jax.numpy as jnp
 
 
+def _per_point(dense: nn.Dense, x: jax.Array) -> jax.Array:
+  """dense applied to (B,M,F) as one (B*M,F) matrix product -> (B,M,D).
+
+  The same result as dense(x), but XLA on CPU runs the backward pass of a dot with two batch-like
+  contracting dimensions (B and M, for the kernel's gradient) about 1.3x slower than the 2-D one.
+  """
+  return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], dense.features)
+
+
 class FiLMBlock(nn.Module):
   """Residual FC block, modulated by the code: h (B,M,D), code (B,C) -> (B,M,D)."""
   hidden: int
@@ -11,10 +20,10 @@ class FiLMBlock(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array, code: jax.Array) -> jax.Array:
     scale, shift = jnp.split(nn.Dense(2 * self.hidden, name='film')(code)[:, None], 2, -1)
-    y = nn.Dense(self.hidden)(nn.relu(h))
+    y = _per_point(nn.Dense(self.hidden), nn.relu(h))
     # 1 + scale: a zero modulation is the identity, so the code's effect starts small.
     y = y * (1 + scale) + shift
-    y = nn.Dense(self.hidden)(nn.relu(y))
+    y = _per_point(nn.Dense(self.hidden), nn.relu(y))
     return h + y
 
 
@@ -37,7 +46,7 @@ class OccupancyDecoder(nn.Module):
     """points (B,M,3) in the viewer-centred object frame, code (B,C), optional local features
     (B,M,F) -> logits (B,M)."""
     inputs = points if local is None else jnp.concatenate([points, local], axis=-1)
-    h = nn.Dense(self.hidden, name='embed')(inputs)
+    h = _per_point(nn.Dense(self.hidden, name='embed'), inputs)
     for _ in range(self.num_blocks):
       h = FiLMBlock(self.hidden)(h, code)
-    return nn.Dense(1, name='out')(nn.relu(h))[..., 0]
+    return _per_point(nn.Dense(1, name='out'), nn.relu(h))[..., 0]
