@@ -43,6 +43,12 @@ def test_registered_configs_are_tfds_builders(tmp_path):
       benchmarks.DEFAULT_SIZES, benchmark="primitives", image_size=64, build_seed=1,
       mesh_dir="", on_bad_mesh="fail"))
   assert custom.name.startswith("primitives-64-n10000-")
+  # The build CLI and the loader reach a registered dataset from `config.data` (TFDS refuses a
+  # second config object under a registered name).
+  default = builder.make_builder(builder.SynthConfig.from_data_config(dict(
+      benchmarks.DEFAULT_SIZES, benchmark="primitives", image_size=64, build_seed=0,
+      mesh_dir="", on_bad_mesh="fail")), str(tmp_path))
+  assert default.builder_config.name == "primitives-64" and not default.is_prepared()
 
 
 def _spec(tmp_path, name="primitives"):

@@ -43,8 +43,7 @@ def build(spec: dict) -> tuple[str, str, float]:
   """Builds one dataset unless it is complete -> (config name, 'built'|'exists', seconds)."""
   from recon3d_jax.data import builder as builder_lib  # Imported in the worker process.
   config = builder_lib.SynthConfig.from_data_config(spec)
-  dataset = builder_lib.Recon3dSynth(config=config, data_dir=spec["data_dir"],
-                                     file_format="array_record")
+  dataset = builder_lib.make_builder(config, spec["data_dir"])
   if dataset.is_prepared():
     return config.name, "exists", 0.0
   start = time.perf_counter()

@@ -1,7 +1,6 @@
 """TFDS builder for the rendered benchmark datasets (array_record; TensorFlow not needed).
 
-    builder = Recon3dSynth(config=SynthConfig.from_data_config(config.data),
-                           data_dir=config.data.data_dir, file_format="array_record")
+    builder = make_builder(SynthConfig.from_data_config(config.data), config.data.data_dir)
     builder.download_and_prepare()
     source = builder.as_data_source()["train"]   # random access, numpy records
 
@@ -204,3 +203,14 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
       batch = generator.generate(split, np.arange(start, min(start + generator.chunk, count)))
       for row, index in enumerate(batch["index"]):
         yield int(index), {k: v[row] for k, v in batch.items()}
+
+
+def make_builder(config: SynthConfig, data_dir: str) -> Recon3dSynth:
+  """The builder of `config` in `data_dir`, writing array_record files.
+
+  A registered config is passed by name: TFDS refuses a config object that shares a registered
+  config's name, and the name encodes the contents (see SynthConfig.from_data_config).
+  """
+  registered = {c.name for c in Recon3dSynth.BUILDER_CONFIGS}
+  return Recon3dSynth(config=config.name if config.name in registered else config,
+                      data_dir=data_dir, file_format="array_record")

@@ -65,9 +65,8 @@ def instance_levels(spec: str, num_instances: int, seed: int) -> np.ndarray | No
 
 def get_builder(data_config) -> builder_lib.Recon3dSynth:
   """The TFDS builder of `config.data` (see data/builder.py and data/benchmarks.py)."""
-  return builder_lib.Recon3dSynth(
-      config=builder_lib.SynthConfig.from_data_config(data_config),
-      data_dir=data_config.data_dir, file_format="array_record")
+  return builder_lib.make_builder(builder_lib.SynthConfig.from_data_config(data_config),
+                                  data_config.data_dir)
 
 
 def load_sources(data_config) -> dict:
