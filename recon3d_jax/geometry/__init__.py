@@ -1,7 +1,8 @@
 """Pure-JAX geometry: cameras, SDF primitives, sphere tracing, 3D ground truth.
 
 Modules: camera (pinhole cameras, rays), sdf (primitives, bounding boxes, normalisation),
-render (sphere tracing, shading), groundtruth (surface samples, occupancy points, voxels).
+render (sphere tracing, shading), groundtruth (surface samples, occupancy points, voxels),
+vec (per-point 3-vector arithmetic written out by component, fast on CPU).
 
 Conventions (DESIGN.md section 3): world frame right-handed with +y up; shapes
 normalised into the unit cube (longest bounding-box side 1, centred at the
