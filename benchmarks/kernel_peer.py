@@ -10,13 +10,13 @@ Needs the `benchmark` extra (torch).
 """
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import torch
 from absl import app, flags
+
+from recon3d_jax import cost
 
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Timed calls per kernel and framework.")
 
@@ -24,16 +24,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 9, "Timed calls per kernel and framew
 # encoder's second stage.
 CONV_SHAPES = ((32, 32, 32, 32), (32, 32, 64, 32), (32, 16, 64, 64))
 POINTS, WIDTH = 32 * 512, 128  # Decoder rows (batch x points per instance) and width.
-
-
-def _median_ms(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
 
 
 def _jax_conv(shape):
@@ -46,7 +36,7 @@ def _jax_conv(shape):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jnp.sum(y * y)
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: jax.block_until_ready(grad(x, w))
+  return lambda: grad(x, w)
 
 
 def _torch_conv(shape):
@@ -68,7 +58,7 @@ def _jax_mlp(layers: int):
       h = jax.nn.relu(h) @ ws[-1]
     return jnp.sum(h)
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: jax.block_until_ready(grad(ws, x))
+  return lambda: grad(ws, x)
 
 
 def _torch_mlp(layers: int):
@@ -96,7 +86,8 @@ def main(argv):
   kernels += [("matmul_fwd_bwd_16384x128x128", _jax_mlp(1), _torch_mlp(1)),
               ("residual_mlp6_fwd_bwd_16384x128", _jax_mlp(6), _torch_mlp(6))]
   for name, jax_fn, torch_fn in kernels:
-    jax_ms, torch_ms = _median_ms(jax_fn, _REPEATS.value), _median_ms(torch_fn, _REPEATS.value)
+    jax_ms, torch_ms = (1000 * cost.median_seconds(fn, _REPEATS.value)
+                        for fn in (jax_fn, torch_fn))
     print(json.dumps(dict(benchmark=name, jax_ms=round(jax_ms, 2), torch_ms=round(torch_ms, 2),
                           jax_over_torch_time=round(jax_ms / torch_ms, 2))), flush=True)
   print(json.dumps(dict(benchmark="loadavg_after", value=os.getloadavg())))

@@ -4,8 +4,7 @@
         [--image_sizes=64,128] [--repeats=5]
 
 Prints one JSON object per (domain, image size): samples/s of synth.generate_batch in chunks
-of keys as the TFDS builder calls it (builder.FAMILY_CHUNK for primitives, else
-builder.GENERATION_CHUNK) with the default variant and
+of keys as the TFDS builder calls it (builder.generation_chunk) with the default variant and
 config sizes, the median of `repeats` timed calls after a warm-up (compilation) call, and the
 machine load (/proc/loadavg) before and after, since shared machines are noisy.
 """
@@ -29,8 +28,7 @@ SIZES = dict(num_surface_points=2048, num_uniform_points=2048, num_near_points=2
 
 
 def measure(domain: str, image_size: int, repeats: int) -> dict:
-  chunk = (builder.FAMILY_CHUNK if synth.DOMAINS[domain].per_family_kinds
-           else builder.GENERATION_CHUNK)
+  chunk = builder.generation_chunk(domain)
   keys = synth.sample_keys(0, "train", jnp.arange(chunk))
 
   def run():

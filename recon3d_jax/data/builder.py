@@ -131,6 +131,13 @@ def features(c: SynthConfig) -> tfds.features.FeaturesDict:
   })
 
 
+def generation_chunk(domain: str) -> int:
+  """Instances per Generator.generate call for a domain: FAMILY_CHUNK where synth renders family
+  by family, else GENERATION_CHUNK."""
+  by_family = domain != "meshes" and synth.DOMAINS[domain].per_family_kinds
+  return FAMILY_CHUNK if by_family else GENERATION_CHUNK
+
+
 class Generator:
   """Renders instances of one dataset config: `generate(split, indices)` -> batch of records."""
 
@@ -144,9 +151,7 @@ class Generator:
       self.family_names = tuple(self.meshes.names)
     else:
       self.family_names = synth.DOMAINS[self.benchmark.domain].families
-    by_family = (self.benchmark.domain != "meshes" and
-                 synth.DOMAINS[self.benchmark.domain].per_family_kinds)
-    self.chunk = FAMILY_CHUNK if by_family else GENERATION_CHUNK  # Instances per generate call.
+    self.chunk = generation_chunk(self.benchmark.domain)
 
   def families(self, split: str) -> tuple[int, ...] | None:
     return self.benchmark.split_families(split, self.family_names)

@@ -81,18 +81,6 @@ def make_shape(kind, params, rotation=None, scale=1.0, translation=None) -> Shap
 # arrays: XLA on CPU vectorises elementwise code far better (about 7x here).
 
 
-def _length(*c):
-  """Euclidean norm of components c, with a finite gradient at 0 (which
-  jnp.linalg.norm lacks; under vmap the unselected switch branches need it).
-  The floor is tiny so that points 1e-10 off a surface still get a gradient."""
-  return jnp.sqrt(jnp.maximum(sum(ci * ci for ci in c), 1e-36))
-
-
-def _norm(v):
-  """Norm over the last axis of (..., D) v, with a finite gradient at 0."""
-  return jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1), 1e-36))
-
-
 def _box_sdf(q, b):
   """Exact SDF of an axis-aligned box: components q, half extents b.
 
@@ -104,7 +92,7 @@ def _box_sdf(q, b):
   d = [jnp.abs(qi) - bi for qi, bi in zip(q, b)]
   num_outside = sum((di > 0).astype(jnp.int32) for di in d)
   plane = functools.reduce(jnp.maximum, d)
-  corner = _length(*[jnp.maximum(di, 0.0) for di in d])
+  corner = vec.length(*[jnp.maximum(di, 0.0) for di in d])
   return jnp.where(num_outside <= 1, plane, corner)
 
 
@@ -113,7 +101,7 @@ def _box_sdf(q, b):
 
 
 def _sphere(p, params):
-  return _length(*p) - params[0]
+  return vec.length(*p) - params[0]
 
 
 def _box(p, params):
@@ -127,17 +115,17 @@ def _rounded_box(p, params):
 
 def _torus(p, params):
   x, y, z = p
-  return _length(_length(x, z) - params[0], y) - params[1]
+  return vec.length(vec.length(x, z) - params[0], y) - params[1]
 
 
 def _capsule(p, params):
   x, y, z = p
-  return _length(x, y - jnp.clip(y, -params[0], params[0]), z) - params[1]
+  return vec.length(x, y - jnp.clip(y, -params[0], params[0]), z) - params[1]
 
 
 def _cylinder(p, params):
   x, y, z = p
-  return _box_sdf((_length(x, z), y), params[:2])
+  return _box_sdf((vec.length(x, z), y), params[:2])
 
 
 def _cone(p, params):
@@ -149,7 +137,7 @@ def _cone(p, params):
   # to the nearer vertex. Plane forms keep the gradient defined on the surface.
   x, y, z = p
   r, h = params[0], params[1]
-  rho = _length(x, z)
+  rho = vec.length(x, z)
   slant_length = jnp.sqrt(4 * h * h + r * r)
   slant = (2 * h * rho + r * (y - h)) / slant_length
   base = -h - y
@@ -158,7 +146,7 @@ def _cone(p, params):
   inside = (slant <= 0) & (base <= 0)
   off_slant = (slant > 0) & (along >= 0) & (along <= 1)
   off_base = (base > 0) & (rho <= r)
-  vertex = jnp.minimum(_length(rho, y - h), _length(rho - r, y + h))
+  vertex = jnp.minimum(vec.length(rho, y - h), vec.length(rho - r, y + h))
   return jnp.where(inside | off_slant | off_base, jnp.maximum(slant, base), vertex)
 
 
@@ -188,7 +176,7 @@ def _ellipsoid(p, params):
   closest = [jax.lax.stop_gradient(ri2 * ai / jnp.maximum(t + ri2, 1e-12))
              for ri2, ai in zip(r2, a)]
   n = [ci / ri2 for ci, ri2 in zip(closest, r2)]
-  n_len = _length(*n)
+  n_len = vec.length(*n)
   # n . (a - closest) with n the unit outward normal at the closest point is the
   # signed distance; holding n and the closest point fixed makes its gradient
   # exactly that normal (through a = |p| it regains the octant signs).
@@ -231,7 +219,7 @@ _SAFE_PARAMS = jnp.array([
 
 
 def _sphere_support(v, params):
-  return params[0] * _norm(v)
+  return params[0] * vec.norm(v)
 
 
 def _box_support(v, params):
@@ -240,28 +228,28 @@ def _box_support(v, params):
 
 def _rounded_box_support(v, params):
   r = params[3]
-  return jnp.sum((params[:3] - r) * jnp.abs(v), axis=-1) + r * _norm(v)
+  return jnp.sum((params[:3] - r) * jnp.abs(v), axis=-1) + r * vec.norm(v)
 
 
 def _torus_support(v, params):
-  return params[0] * _norm(v[..., ::2]) + params[1] * _norm(v)
+  return params[0] * vec.length(v[..., 0], v[..., 2]) + params[1] * vec.norm(v)
 
 
 def _capsule_support(v, params):
-  return params[0] * jnp.abs(v[..., 1]) + params[1] * _norm(v)
+  return params[0] * jnp.abs(v[..., 1]) + params[1] * vec.norm(v)
 
 
 def _cylinder_support(v, params):
-  return params[0] * _norm(v[..., ::2]) + params[1] * jnp.abs(v[..., 1])
+  return params[0] * vec.length(v[..., 0], v[..., 2]) + params[1] * jnp.abs(v[..., 1])
 
 
 def _cone_support(v, params):
   r, h = params[0], params[1]
-  return jnp.maximum(r * _norm(v[..., ::2]) - h * v[..., 1], h * v[..., 1])
+  return jnp.maximum(r * vec.length(v[..., 0], v[..., 2]) - h * v[..., 1], h * v[..., 1])
 
 
 def _ellipsoid_support(v, params):
-  return _norm(params[:3] * v)
+  return vec.norm(params[:3] * v)
 
 
 def _superquadric_support(v, params):
@@ -360,7 +348,7 @@ def normalize_shape(shape: Shape, kinds=ALL_KINDS) -> Shape:
 def random_rotation(key):
   """(3, 3) rotation uniform on SO(3), from a normalised Gaussian quaternion."""
   q = jax.random.normal(key, (4,))
-  w, x, y, z = q / _norm(q)
+  w, x, y, z = q / vec.length(*q)
   return jnp.array([
       [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
       [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],

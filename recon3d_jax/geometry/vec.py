@@ -15,10 +15,16 @@ def dot(a, b):
   return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
 
 
+def length(*components):
+  """Euclidean norm of components, each (...,) -> (...,), with a finite gradient at 0 (which
+  jnp.linalg.norm lacks; under vmap the unselected switch branches need it). The floor is tiny
+  so that points 1e-10 off a surface still get a gradient."""
+  return jnp.sqrt(jnp.maximum(sum(c * c for c in components), 1e-36))
+
+
 def norm(v):
-  """Euclidean norm of (..., 3) v -> (...,), with a finite gradient at 0
-  (which jnp.linalg.norm lacks; under vmap unselected switch branches need it)."""
-  return jnp.sqrt(jnp.maximum(dot(v, v), 1e-36))
+  """Euclidean norm of (..., 3) v -> (...,): `length` of its components."""
+  return length(v[..., 0], v[..., 1], v[..., 2])
 
 
 def normalize(v):
