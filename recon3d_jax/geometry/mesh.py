@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from recon3d_jax.geometry import camera as camera_lib
+from recon3d_jax.geometry import vec
 
 # Culling granularity (see `_fold_candidates`): faces per chunk, pixels per
 # side of a square ray tile, query points per tile, grid lines per side of a
@@ -173,12 +174,13 @@ def _ray_hits(origin, directions, tri):
   """
   rel = tri - origin  # A, B, C relative to the eye.
   a, b, c = rel[..., 0, :], rel[..., 1, :], rel[..., 2, :]
-  edges = jnp.stack([jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b)], axis=-2)  # (..., 3, 3)
-  w = jnp.sum(directions[..., None, :] * edges, axis=-1)  # (..., 3)
+  edges = (jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b))
+  # Per (ray, face) pair; vec.dot, not a sum over a size-3 axis (27x slower on CPU).
+  w0, w1, w2 = (vec.dot(directions, e) for e in edges)
   proper = jnp.any(face_cross(tri) != 0, axis=-1)  # False for the padding.
-  det = jnp.where(proper, jnp.sum(w, axis=-1), 0.0)  # d . N
-  same_sign = jnp.all(w >= 0, axis=-1) | jnp.all(w <= 0, axis=-1)
-  plane = jnp.sum(a * jnp.sum(edges, axis=-2), axis=-1)  # A . N
+  det = jnp.where(proper, w0 + w1 + w2, 0.0)  # d . N
+  same_sign = ((w0 >= 0) & (w1 >= 0) & (w2 >= 0)) | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0))
+  plane = vec.dot(a, edges[0] + edges[1] + edges[2])  # A . N
   t = plane / jnp.where(det != 0, det, 1.0)
   return jnp.where(same_sign & (det != 0) & (t > 0), t, jnp.inf)
 
