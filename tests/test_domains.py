@@ -204,9 +204,10 @@ def test_samples_are_deterministic_and_distinct(domain):
     assert first[k].tobytes() == again[k].tobytes(), k
   images = first["image"].reshape(NUM_KEYS, -1)
   assert len({im.tobytes() for im in images}) == NUM_KEYS
-  # Ground truth is consistent with the render: the surface fills the unit cube.
+  # Ground truth is consistent with the render: the surface fills the unit cube (up to the
+  # numerical bounding box's stated accuracy of 1/500, see csg.aabb).
   points = first["surface_points"]
-  assert np.all(np.abs(points) <= 0.5 + 1e-3)
+  assert np.all(np.abs(points) <= 0.5 + 2e-3)
   mask = first["mask"] > 0
   assert np.all(mask.any((1, 2))) and not np.any(mask.all((1, 2)))
 
