@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from recon3d_jax.data import benchmarks, synth, variants
@@ -43,6 +44,10 @@ SPLITS = ("train", "validation", "test")
 # temporary files through tf.io.gfile, i.e. it then needs TensorFlow, which this package does not
 # use (a 10k-instance split is ~1 GB at 64 px, ~1.3 GB at 128 px). Splits stay in memory instead.
 tfds_shuffle.MAX_MEM_BUFFER_SIZE = 1 << 40
+# A tf.train.Example's feature map serialises in an order that differs between processes; with
+# sorted keys the same seed gives byte-identical files.
+example_serializer.ExampleSerializer.serialize_example = (
+    lambda self, example: self.get_tf_example(example).SerializeToString(deterministic=True))
 
 
 @dataclasses.dataclass(eq=False)
