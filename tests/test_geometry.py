@@ -506,8 +506,35 @@ def test_cone_sdf_is_exact():
 
 
 def test_vmapped_switch_matches_single_shapes():
+  """A batch of mixed kinds (one formula for the six profile kinds) against each shape's own
+  kind's formula alone, values and gradients."""
   shapes = _random_shapes()
   query = jax.random.uniform(jax.random.PRNGKey(12), (64, 3), minval=-0.6, maxval=0.6)
-  batched = np.asarray(jax.jit(jax.vmap(sdf_lib.shape_sdf, (0, None)))(shapes, query))
+  value, grad = jax.jit(jax.vmap(sdf_lib.shape_sdf_and_grad, (0, None)))(shapes, query)
+  alone = jax.jit(sdf_lib.shape_sdf_and_grad, static_argnums=2)
   for i in range(len(shapes.kind)):
-    np.testing.assert_allclose(batched[i], _sdf(_take(shapes, i), query), atol=1e-6)
+    kind = int(shapes.kind[i])
+    own_value, own_grad = alone(_take(shapes, i), query, (kind,))
+    np.testing.assert_allclose(value[i], own_value, atol=1e-6, err_msg=KINDS[kind])
+    np.testing.assert_allclose(grad[i], own_grad, atol=1e-5, err_msg=KINDS[kind])
+
+
+@pytest.mark.parametrize("size", [1, 31, 33, 1000, 49157])
+def test_running_count_matches_cumsum(size):
+  mask = np.random.default_rng(size).random(size) < 0.3
+  np.testing.assert_array_equal(groundtruth._running_count(jnp.asarray(mask)), np.cumsum(mask))
+  order = np.asarray(groundtruth._true_first(jnp.asarray(mask)))
+  np.testing.assert_array_equal(order, np.concatenate([np.flatnonzero(mask),
+                                                       np.flatnonzero(~mask)]))
+
+
+def test_hash_uniforms_are_uniform_and_independent():
+  u = np.asarray(groundtruth._hash_uniform(jax.random.PRNGKey(3), (20000, 4)))
+  other = np.asarray(groundtruth._hash_uniform(jax.random.PRNGKey(4), (20000, 4)))
+  for column in (u[:, 0], u[:, 3], other[:, 1]):
+    assert stats.kstest(column, "uniform").pvalue > 1e-3
+  # Columns, consecutive draws and different keys are uncorrelated (|r| ~ 1/sqrt(n) = 0.007).
+  for a, b in ((u[:, 0], u[:, 1]), (u[:-1, 2], u[1:, 2]), (u[:, 0], other[:, 0])):
+    assert abs(stats.pearsonr(a, b)[0]) < 0.03
+  counts, _, _ = np.histogram2d(u[:, 1], u[:, 2], bins=10)
+  assert stats.chisquare(counts.ravel()).pvalue > 1e-3

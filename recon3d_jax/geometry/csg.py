@@ -111,9 +111,9 @@ def _combine(op, k, a, b, ga=None, gb=None):
 
 def csg_sdf(c: Csg, points):
   """Signed distance bound (negative inside) at (..., 3) points -> (...,)."""
-  # Parts are vmapped rather than unrolled: one copy of the primitive SDFs
-  # keeps compilation fast.
-  d_all = jax.vmap(lambda s: sdf_lib.shape_sdf(s, points, c.kinds))(c.parts)
+  # Parts unrolled: vmapped over parts, the fold below made XLA on CPU
+  # evaluate the parts' SDFs ~2.3x over (compiling takes longer unrolled).
+  d_all = [sdf_lib.shape_sdf(part(c, i), points, c.kinds) for i in range(c.num_parts)]
   d = d_all[0]
   for i in range(1, c.num_parts):
     d = jnp.where(c.active[i], _combine(c.ops[i], c.blend[i], d, d_all[i]), d)
@@ -122,7 +122,8 @@ def csg_sdf(c: Csg, points):
 
 def csg_sdf_and_grad(c: Csg, points):
   """csg_sdf and its gradient: (..., 3) -> ((...,), (..., 3))."""
-  d_all, g_all = jax.vmap(lambda s: sdf_lib.shape_sdf_and_grad(s, points, c.kinds))(c.parts)
+  d_all, g_all = zip(*[sdf_lib.shape_sdf_and_grad(part(c, i), points, c.kinds)
+                        for i in range(c.num_parts)])
   d, g = d_all[0], g_all[0]
   for i in range(1, c.num_parts):
     d_new, g_new = _combine(c.ops[i], c.blend[i], d, d_all[i], g, g_all[i])
