@@ -22,11 +22,13 @@ SHELL_EPS = 0.01
 # Candidates are drawn only in the cells of a CELL_GRID^3 grid over the
 # shape's padded box that can reach the shell (the Lipschitz bound rules the
 # others out), which is ~25% shell for the shapes in the unit cube but less
-# for thin ones: with 8 candidates per point, 37 of 256 organic shapes and 5 of
-# 256 compounds had too few in the shell (down to 0.70 per point); with 12,
-# none (down to 1.06).
+# for thin ones. Primitives (exact SDFs) with 8 candidates per point had at
+# least 1.68 shell candidates per point (512 shapes). Where the SDF is only a
+# bound, 8 left 37 of 256 organic shapes and 5 of 256 compounds short (down to
+# 0.70 per point); 12 left none (down to 1.06).
 CELL_GRID = 24
 CANDIDATES_PER_POINT = 8
+BOUND_CANDIDATES_PER_POINT = 12
 # Where the SDF is only a bound, the gradient (for |f| / |grad f|) is computed
 # for this many candidates per point: the first with |f| < SHELL_EPS, a
 # superset of the shell since |grad f| <= 1 (at least 56% of them are shell
@@ -120,7 +122,8 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
     shape: an sdf.Shape or csg.Csg.
     key: PRNG key.
     num_points: static int N.
-    num_candidates: static int, default CANDIDATES_PER_POINT * N.
+    num_candidates: static int, default CANDIDATES_PER_POINT * N for exact
+      SDFs, BOUND_CANDIDATES_PER_POINT * N for bounds.
 
   Returns:
     points: (N, 3) on the surface (|sdf| ~ 1e-6).
@@ -128,7 +131,8 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
   """
   c = csg.as_csg(shape)
   if num_candidates is None:
-    num_candidates = CANDIDATES_PER_POINT * num_points
+    per_point = CANDIDATES_PER_POINT if csg.is_exact(c) else BOUND_CANDIDATES_PER_POINT
+    num_candidates = per_point * num_points
   candidates = _shell_candidates(c, key, num_candidates)
   near = jnp.abs(csg.csg_sdf(c, candidates)) < SHELL_EPS
   if not csg.is_exact(c):
