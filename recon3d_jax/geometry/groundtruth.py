@@ -91,13 +91,10 @@ def _shell_candidates(c: csg.Csg, key, num_candidates: int):
   # A 1-Lipschitz f with |f(centre)| >= half-diagonal + eps has no shell
   # point in the cell.
   reach = jnp.abs(csg.csg_sdf(c, corners + cell / 2)) < vec.norm(cell) / 2 + SHELL_EPS
-  # The reaching cells' indices first (the rest of the list is unused).
-  count = _running_count(reach)
-  reaching = jnp.zeros(reach.size, jnp.int32).at[jnp.where(reach, count - 1, reach.size)].set(
-      jnp.arange(reach.size, dtype=jnp.int32), mode='drop')
+  reaching = _true_first(reach)  # The reaching cells' indices first.
   u = _hash_uniform(key, (num_candidates, 4))
   # u[:, 0] picks one of the reaching cells uniformly, u[:, 1:] a point in it.
-  num_reaching = count[-1]
+  num_reaching = jnp.sum(reach)
   pick = jnp.minimum(jnp.floor(u[:, 0] * num_reaching.astype(jnp.float32)).astype(jnp.int32),
                      num_reaching - 1)
   return corners[reaching[pick]] + u[:, 1:] * cell

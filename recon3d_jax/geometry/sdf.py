@@ -132,9 +132,9 @@ def _cylinder(p, params):
 # and cylinder are evaluated as one formula: a box with half extents b rounded
 # by r, either in 3D (x, y, z) or in the profile (rho - c, y) of a solid of
 # revolution about y (rho = |(x, z)|; its third extent is huge so that it
-# never counts). A sphere is a point rounded by its
-# radius, a capsule a segment, a torus a circle of radius c. Under vmap that is
-# one evaluation instead of six; alone, each kind's own formula is faster.
+# never counts). A sphere is a point rounded by its radius, a capsule a
+# segment, a torus a circle of radius c. Under vmap that is one evaluation
+# instead of six; alone, each kind's own formula is faster.
 # Its parameters (6,): revolved (0 or 1), b (3), c, r.
 _NO_EXTENT = 1e6
 
