@@ -15,6 +15,7 @@ from scipy import stats
 
 from recon3d_jax.data import variants
 from recon3d_jax.geometry import camera as camera_lib
+from recon3d_jax.geometry import compact
 from recon3d_jax.geometry import groundtruth
 from recon3d_jax.geometry import render as render_lib
 from recon3d_jax.geometry import sdf as sdf_lib
@@ -25,7 +26,14 @@ NUM_SURFACE = 4096
 PER_KIND = 3
 NUM_RANDOM = PER_KIND * len(KINDS)
 
-_sdf = jax.jit(sdf_lib.shape_sdf)
+_own_kind_sdf = jax.jit(sdf_lib.shape_sdf, static_argnums=2)
+
+
+def _sdf(shape, points):
+  """A single shape's SDF by its own kind's (exact) formula."""
+  return _own_kind_sdf(shape, points, (int(shape.kind),))
+
+
 _batch_sdf = jax.jit(jax.vmap(sdf_lib.shape_sdf))
 
 
@@ -512,20 +520,44 @@ def test_vmapped_switch_matches_single_shapes():
   query = jax.random.uniform(jax.random.PRNGKey(12), (64, 3), minval=-0.6, maxval=0.6)
   value, grad = jax.jit(jax.vmap(sdf_lib.shape_sdf_and_grad, (0, None)))(shapes, query)
   alone = jax.jit(sdf_lib.shape_sdf_and_grad, static_argnums=2)
+  assert not sdf_lib.is_exact(tuple(range(8))) and sdf_lib.is_exact((7,))
   for i in range(len(shapes.kind)):
     kind = int(shapes.kind[i])
     own_value, own_grad = alone(_take(shapes, i), query, (kind,))
-    np.testing.assert_allclose(value[i], own_value, atol=1e-6, err_msg=KINDS[kind])
-    np.testing.assert_allclose(grad[i], own_grad, atol=1e-5, err_msg=KINDS[kind])
+    if KINDS[kind] != 'ellipsoid':
+      np.testing.assert_allclose(value[i], own_value, atol=1e-6, err_msg=KINDS[kind])
+      np.testing.assert_allclose(grad[i], own_grad, atol=1e-5, err_msg=KINDS[kind])
+      continue
+    # Mixed, the ellipsoid is a bound of the exact distance, with its sign.
+    assert np.all(np.sign(value[i]) == np.sign(own_value))
+    assert np.all(np.abs(value[i]) <= np.abs(own_value) + 1e-6)
+    shape = _take(shapes, i)
+    q = (np.asarray(query) - np.asarray(shape.translation)) @ np.asarray(shape.rotation)
+    r = np.asarray(shape.params[:3]) * float(shape.scale)
+    np.testing.assert_allclose(value[i], r.min() * (np.linalg.norm(q / r, axis=-1) - 1),
+                               atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [1, 31, 33, 1000, 49157])
-def test_running_count_matches_cumsum(size):
-  mask = np.random.default_rng(size).random(size) < 0.3
-  np.testing.assert_array_equal(groundtruth._running_count(jnp.asarray(mask)), np.cumsum(mask))
-  order = np.asarray(groundtruth._true_first(jnp.asarray(mask)))
-  np.testing.assert_array_equal(order, np.concatenate([np.flatnonzero(mask),
-                                                       np.flatnonzero(~mask)]))
+@pytest.mark.parametrize("size,fraction", [(1, 0.3), (31, 0.3), (33, 0.3), (1000, 0.3),
+                                           (49157, 0.3), (100, 0.0), (100, 1.0)])
+def test_running_count_matches_cumsum(size, fraction):
+  mask = np.random.default_rng(size).random(size) < fraction
+  np.testing.assert_array_equal(compact.running_count(jnp.asarray(mask)), np.cumsum(mask))
+  expected = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
+  for k in {1, size // 3 + 1, size}:
+    np.testing.assert_array_equal(compact.true_first(jnp.asarray(mask), k), expected[:k])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_map_where_updates_exactly_the_masked_entries(chunk):
+  rng = np.random.default_rng(chunk)
+  x = rng.normal(size=(3, 50)).astype(np.float32)
+  masks = rng.random((3, 50)) < np.array([[0.0], [0.3], [1.0]])
+  # Vmapped: the three rows have 0, ~15 and 50 masked entries.
+  fn = lambda m, v: compact.map_where(lambda c: (c[0] ** 2 + 1, c[1]), m, v, chunk)
+  squared, same = jax.jit(jax.vmap(fn))(jnp.asarray(masks), (jnp.asarray(x), jnp.asarray(x)))
+  np.testing.assert_allclose(squared, np.where(masks, x ** 2 + 1, x), rtol=1e-6)
+  np.testing.assert_array_equal(same, x)
 
 
 def test_hash_uniforms_are_uniform_and_independent():

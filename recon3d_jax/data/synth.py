@@ -67,9 +67,9 @@ def make_sample(shape: csg.Csg, key: jax.Array, *, variant: variants.Variant, im
   images = render.render(view_shape, viewer_camera(), image_size, appearance, variant.texture)
 
   # One draw of surface samples: the targets, then the seeds of the near-surface query points.
-  points, normals = groundtruth.surface_points(
-      view_shape, k_surface, num_surface_points + num_near_points)
-  surface_points, surface_normals = points[:num_surface_points], normals[:num_surface_points]
+  points, surface_normals = groundtruth.surface_points(
+      view_shape, k_surface, num_surface_points + num_near_points, num_normals=num_surface_points)
+  surface_points = points[:num_surface_points]
   occupancy = groundtruth.occupancy_points(view_shape, k_occ, num_uniform_points,
                                            points[num_surface_points:])
   return dict(

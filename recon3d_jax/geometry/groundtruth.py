@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from recon3d_jax.geometry import compact
 from recon3d_jax.geometry import csg
 from recon3d_jax.geometry import vec
 
@@ -56,30 +57,6 @@ def _hash_uniform(key, shape):
   return ((x >> 8).astype(jnp.float32) / 2 ** 24).reshape(shape)
 
 
-_SCAN_BLOCK = 32
-
-
-def _running_sum(values):
-  """(n,) float32 -> (n,) inclusive running sums, exact for integer counts below 2^24.
-
-  Per block of _SCAN_BLOCK a product with a triangular matrix of ones, plus
-  the running sum of the block totals (recursively). XLA's CPU cumsum (an
-  associative scan) was 5x slower, about 0.15 ms per sample per call here.
-  """
-  n = values.shape[0]
-  blocks = jnp.pad(values, (0, -n % _SCAN_BLOCK)).reshape(-1, _SCAN_BLOCK)
-  within = blocks @ jnp.triu(jnp.ones((_SCAN_BLOCK, _SCAN_BLOCK), jnp.float32))
-  if blocks.shape[0] > 1:
-    totals = within[:, -1]
-    within = within + (_running_sum(totals) - totals)[:, None]
-  return within.reshape(-1)[:n]
-
-
-def _running_count(mask):
-  """(n,) bool -> (n,) int32 number of True up to and including each index."""
-  return _running_sum(mask.astype(jnp.float32)).astype(jnp.int32)
-
-
 def _shell_candidates(c: csg.Csg, key, num_candidates: int):
   """(num_candidates, 3) i.i.d. points uniform in a union of cells holding the shell."""
   lo, hi = csg.bounding_box(c)
@@ -91,16 +68,16 @@ def _shell_candidates(c: csg.Csg, key, num_candidates: int):
   # A 1-Lipschitz f with |f(centre)| >= half-diagonal + eps has no shell
   # point in the cell.
   reach = jnp.abs(csg.csg_sdf(c, corners + cell / 2)) < vec.norm(cell) / 2 + SHELL_EPS
-  reaching = _true_first(reach)  # The reaching cells' indices first.
+  reaching = compact.ranks(reach)
   u = _hash_uniform(key, (num_candidates, 4))
   # u[:, 0] picks one of the reaching cells uniformly, u[:, 1:] a point in it.
-  num_reaching = jnp.sum(reach)
-  pick = jnp.minimum(jnp.floor(u[:, 0] * num_reaching.astype(jnp.float32)).astype(jnp.int32),
-                     num_reaching - 1)
-  return corners[reaching[pick]] + u[:, 1:] * cell
+  pick = jnp.floor(u[:, 0] * reaching.count.astype(jnp.float32)).astype(jnp.int32)
+  pick = jnp.clip(pick, 0, reaching.count - 1)
+  return corners[compact.select(reaching, pick)] + u[:, 1:] * cell
 
 
-def surface_points(shape, key, num_points: int, num_candidates: int | None = None):
+def surface_points(shape, key, num_points: int, num_candidates: int | None = None,
+                   num_normals: int | None = None):
   """Area-uniform samples on the surface, with outward normals.
 
   Candidates are drawn i.i.d. uniformly in the grid cells that can reach the
@@ -121,10 +98,12 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
     num_points: static int N.
     num_candidates: static int, default CANDIDATES_PER_POINT * N for exact
       SDFs, BOUND_CANDIDATES_PER_POINT * N for bounds.
+    num_normals: static int K <= N, default N: normals of the first K points
+      only (the rest may be seeds that need none, e.g. of occupancy_points).
 
   Returns:
     points: (N, 3) on the surface (|sdf| ~ 1e-6).
-    normals: (N, 3) unit outward normals.
+    normals: (K, 3) unit outward normals of points[:K].
   """
   c = csg.as_csg(shape)
   if num_candidates is None:
@@ -135,23 +114,14 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
   if not csg.is_exact(c):
     # near is a superset of the shell; the gradient decides on the first few.
     pool = min(GRADIENTS_PER_POINT * num_points, num_candidates)
-    candidates = candidates[_true_first(near)[:pool]]
+    candidates = candidates[compact.true_first(near, pool)]
     value, grad = csg.csg_sdf_and_grad(c, candidates)
     near = jnp.abs(value) < SHELL_EPS * jnp.maximum(vec.norm(grad), 1e-6)
-  index = _true_first(near)[:num_points]
+  index = compact.true_first(near, num_points)
   sdf_and_grad = functools.partial(csg.csg_sdf_and_grad, c)
   points = csg.project_to_surface(sdf_and_grad, candidates[index])
-  return points, csg.csg_normal(c, points)
-
-
-def _true_first(mask):
-  """(n,) bool -> (n,) int32 indices: those of True first, then of False, each
-  in order (running counts and a scatter: far cheaper on CPU than sorting)."""
-  n = mask.shape[0]
-  count = _running_count(mask)
-  position = jnp.where(mask, count - 1, count[-1] + jnp.arange(n) - count)
-  return jnp.zeros(n, jnp.int32).at[position].set(jnp.arange(n, dtype=jnp.int32),
-                                                 unique_indices=True)
+  num_normals = num_points if num_normals is None else num_normals
+  return points, csg.csg_normal(c, points[:num_normals])
 
 
 def occupancy_points(shape, key, num_uniform: int, surface, near_sigma: float = 0.01):
