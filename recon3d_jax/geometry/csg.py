@@ -31,6 +31,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from recon3d_jax.geometry import sdf as sdf_lib
 from recon3d_jax.geometry import vec
@@ -157,6 +158,12 @@ _AABB_SURFACE_TOL = 1e-5
 _AABB_ASCENT_POINTS = 4
 _AABB_ASCENT_STEPS = 10
 _PROJECTION_STEPS = 2
+# |grad f| = 1 except on ties (edges), at singular points and in bounds (a
+# superquadric's falls with its aspect ratio). The floor gives exact Newton
+# steps where |grad f| >= 1/8 and keeps the others within 8 |f|; a floor of
+# 1/4 left 3.9% of organic surface samples more than 1e-4 off (|f|) after two
+# steps rather than 0.02%.
+_MIN_PROJECTION_GRAD_SQ = 1 / 64
 
 
 def _conservative_box(c: Csg):
@@ -179,9 +186,7 @@ def project_to_surface(sdf_and_grad, points, steps=_PROJECTION_STEPS):
   """Newton steps p <- p - f(p) grad f(p) / |grad f(p)|^2 onto the zero set."""
   def step(_, p):
     d, grad = sdf_and_grad(p)
-    # |grad| = 1 except on ties (edges), singular points and in bounds; the
-    # floor keeps the step there within 4 |f|.
-    grad_sq = jnp.maximum(vec.dot(grad, grad), 0.25)
+    grad_sq = jnp.maximum(vec.dot(grad, grad), _MIN_PROJECTION_GRAD_SQ)
     return p - (d / grad_sq)[..., None] * grad
   return jax.lax.fori_loop(0, steps, step, points)
 
@@ -193,9 +198,12 @@ def _numeric_aabb(c: Csg):
   grid = jnp.stack(jnp.meshgrid(index, index, index, indexing='ij'), -1).reshape(-1, 3)
   grid = lo0 + grid * cell
   dirs = jnp.concatenate([jnp.eye(3), -jnp.eye(3)])  # (6, 3)
-  corners = jnp.stack(jnp.meshgrid(*[jnp.array([-1.0, 1.0])] * 3, indexing='ij'),
-                      -1).reshape(8, 3)
-  moves = jnp.concatenate([jnp.zeros((1, 3)), dirs, corners])  # (15, 3)
+  # Per direction u: stay, u, and the 4 diagonals with a positive u part
+  # (the other axis and diagonal moves never reach further than staying).
+  corners = np.stack(np.meshgrid(*[[-1.0, 1.0]] * 3, indexing='ij'), -1).reshape(8, 3)
+  moves = jnp.asarray(np.stack([
+      np.concatenate([np.zeros((1, 3)), u[None], corners[corners @ u > 0]])
+      for u in np.concatenate([np.eye(3), -np.eye(3)])]), jnp.float32)  # (6, 6, 3)
 
   f = csg_sdf(c, grid)
   reach = vec.dot(grid[:, None], dirs)  # (G^3, 6)
@@ -212,14 +220,15 @@ def _numeric_aabb(c: Csg):
   def level(i, carry):
     points, score = carry
     step = jnp.max(cell) / 2 ** (i + 1)
-    candidates = points[:, :, None] + step * moves  # (6, 2K, 15, 3)
+    candidates = points[:, :, None] + step * moves[:, None]  # (6, 2K, 6, 3)
     solid = csg_sdf(c, candidates) <= _AABB_SURFACE_TOL
     reach = jnp.where(solid, vec.dot(candidates, dirs[:, None, None]), -jnp.inf)
     best_reach = jnp.max(reach, axis=-1)
     # The first best move (argmax, a variadic reduction, was ~30x slower on CPU).
-    best = jnp.min(jnp.where(reach == best_reach[..., None], jnp.arange(len(moves)), len(moves)),
+    num_moves = moves.shape[1]
+    best = jnp.min(jnp.where(reach == best_reach[..., None], jnp.arange(num_moves), num_moves),
                    axis=-1)
-    points = points + step * moves[best]
+    points = points + step * jnp.take_along_axis(moves, best[..., None], axis=1)
     # Seeds not in the solid stay at -inf.
     return points, jnp.where(score > -jnp.inf, best_reach, -jnp.inf)
 
@@ -228,26 +237,32 @@ def _numeric_aabb(c: Csg):
   # Axis and diagonal moves stall where the surface slopes by less than 1
   # along u; the best few points finish by gradient ascent on the surface:
   # step along u's tangential part, project back, accept only surface points
-  # (|f| < _AABB_SURFACE_TOL) that reach further.
+  # (|f| < _AABB_SURFACE_TOL) that reach further. Steps double after a success
+  # and halve after a failure: with a fixed halving schedule, points stalled
+  # far down a narrow tip (a cone's apex) never reached it, and 31 of 128
+  # compounds had a face more than 1/500 inside the true box instead of 5.
   score, best = jax.lax.top_k(score, _AABB_ASCENT_POINTS)
   points = jnp.take_along_axis(points, best[..., None], axis=1)
   surface = project_to_surface(sdf_and_grad, points, _AABB_PROJECTION_STEPS)
   u = dirs[:, None, :]
 
-  def ascend(i, carry):
-    p, score = carry
+  def ascend(_, carry):
+    p, score, step = carry
     _, grad = sdf_and_grad(p)
     n = vec.normalize(grad)
     tangent = u - vec.dot(u, n)[..., None] * n
-    q = project_to_surface(sdf_and_grad, p + jnp.max(cell) / 2 ** (i + 2) * tangent,
-                           _PROJECTION_STEPS + 1)
-    reach = jnp.sum(q * u, -1)
+    q = project_to_surface(sdf_and_grad, p + step[..., None] * tangent, _PROJECTION_STEPS + 1)
+    reach = vec.dot(q, u)
     better = (jnp.abs(csg_sdf(c, q)) < _AABB_SURFACE_TOL) & (reach > score)
-    return jnp.where(better[..., None], q, p), jnp.where(better, reach, score)
+    # Longer steps while they succeed (a far, narrow tip), shorter once they fail.
+    step = jnp.where(better, 2.0 * step, 0.5 * step)
+    return jnp.where(better[..., None], q, p), jnp.where(better, reach, score), step
 
   on_surface = jnp.abs(csg_sdf(c, surface)) < _AABB_SURFACE_TOL
-  start = jnp.where(on_surface, jnp.sum(surface * u, -1), -jnp.inf)
-  _, ascended = jax.lax.fori_loop(0, _AABB_ASCENT_STEPS, ascend, (surface, start))
+  start = jnp.where(on_surface, vec.dot(surface, u), -jnp.inf)
+  first_step = jnp.full(start.shape, jnp.max(cell) / 4)
+  _, ascended, _ = jax.lax.fori_loop(0, _AABB_ASCENT_STEPS, ascend,
+                                     (surface, start, first_step))
   extreme = jnp.maximum(jnp.max(score, axis=1), jnp.max(ascended, axis=1))
   return -extreme[3:], extreme[:3]
 
@@ -257,7 +272,10 @@ def aabb(c: Csg):
 
   P = 1: exact (support functions). Otherwise found numerically (see
   _numeric_aabb): each face is the furthest point of the solid found along
-  its axis, within about 1/500 of the shape's size and never outside.
+  its axis, never outside the true box. Against the extremes of 60,000
+  surface samples per shape, faces were within 1/500 of the shape's size for
+  all of 128 organic shapes and 123 of 128 compounds, and within 0.32% for
+  all (benchmarks/groundtruth_accuracy.py).
   """
   if c.num_parts == 1:
     return sdf_lib.shape_aabb(part(c, 0), c.kinds)

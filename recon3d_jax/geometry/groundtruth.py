@@ -102,7 +102,9 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
       only (the rest may be seeds that need none, e.g. of occupancy_points).
 
   Returns:
-    points: (N, 3) on the surface (|sdf| ~ 1e-6).
+    points: (N, 3) on the surface: |sdf| < 1e-4 for all but 0.17% of
+      compounds' and 0.02% of organic shapes' samples, which stopped at
+      creases (benchmarks/groundtruth_accuracy.py); ~1e-6 for primitives.
     normals: (K, 3) unit outward normals of points[:K].
   """
   c = csg.as_csg(shape)
