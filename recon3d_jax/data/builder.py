@@ -201,7 +201,8 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
                    "2.0.0": "Four domains, appearance variants, held-out families.",
                    "2.1.0": "Point arrays stored uncompressed (faster to write and read).",
                    "2.2.0": "Compacted sphere tracing; ellipsoids in a mix of kinds use a "
-                            "scaled-sphere bound (values differ slightly from 2.1.0)."}
+                            "scaled-sphere bound; tighter numerical bounding boxes and "
+                            "surface projection (values differ slightly from 2.1.0)."}
   BUILDER_CONFIGS = [
       SynthConfig.from_data_config(dict(
           benchmark=name, image_size=size, build_seed=0, mesh_dir="", on_bad_mesh="fail",

@@ -81,11 +81,17 @@ def select(r: Ranks, rank):
 
 def true_first(mask, k: int):
   """(n,) bool -> (k,) int32 the first k of the indices of True in order,
-  then of False in order (static k <= n)."""
-  rank = jnp.arange(k, dtype=jnp.int32)
-  is_true = ranks(mask)
-  return jnp.where(rank < is_true.count, select(is_true, rank),
-                   select(ranks(~mask), jnp.maximum(rank - is_true.count, 0)))
+  then of False in order (static k <= n).
+
+  A permutation by running counts and one scatter: for k above ~n / 8 that
+  was 1.5-4x cheaper on CPU than k selects (benchmarks of this session).
+  """
+  n = mask.shape[0]
+  count = running_count(mask)
+  position = jnp.where(mask, count - 1, count[-1] + jnp.arange(n) - count)
+  order = jnp.zeros(n, jnp.int32).at[position].set(jnp.arange(n, dtype=jnp.int32),
+                                                   unique_indices=True)
+  return order[:k]
 
 
 def map_where(fn, mask, values, chunk: int):
@@ -97,12 +103,16 @@ def map_where(fn, mask, values, chunk: int):
       entries, whose results are dropped).
     mask: (n,) bool, the entries to update.
     values: pytree of arrays with leading axis n.
-    chunk: static number of entries per call of fn.
+    chunk: static number of entries per call of fn; chunk >= n calls fn once
+      on all entries, without compaction (cheaper where fn is cheap).
 
   Returns:
     `values` with the masked entries updated, the others unchanged.
   """
   n = mask.shape[0]
+  if chunk >= n:
+    return jax.tree.map(lambda v, u: jnp.where(mask.reshape((n,) + (1,) * (v.ndim - 1)), u, v),
+                        values, fn(values))
   masked = ranks(mask)
   slot = jnp.arange(chunk, dtype=jnp.int32)
 

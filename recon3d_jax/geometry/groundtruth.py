@@ -68,12 +68,13 @@ def _shell_candidates(c: csg.Csg, key, num_candidates: int):
   # A 1-Lipschitz f with |f(centre)| >= half-diagonal + eps has no shell
   # point in the cell.
   reach = jnp.abs(csg.csg_sdf(c, corners + cell / 2)) < vec.norm(cell) / 2 + SHELL_EPS
-  reaching = compact.ranks(reach)
+  reaching = compact.true_first(reach, reach.shape[0])  # The reaching cells first.
+  num_reaching = jnp.sum(reach)
   u = _hash_uniform(key, (num_candidates, 4))
   # u[:, 0] picks one of the reaching cells uniformly, u[:, 1:] a point in it.
-  pick = jnp.floor(u[:, 0] * reaching.count.astype(jnp.float32)).astype(jnp.int32)
-  pick = jnp.clip(pick, 0, reaching.count - 1)
-  return corners[compact.select(reaching, pick)] + u[:, 1:] * cell
+  pick = jnp.floor(u[:, 0] * num_reaching.astype(jnp.float32)).astype(jnp.int32)
+  pick = jnp.clip(pick, 0, num_reaching - 1)
+  return corners[reaching[pick]] + u[:, 1:] * cell
 
 
 def surface_points(shape, key, num_points: int, num_candidates: int | None = None,
