@@ -36,8 +36,9 @@ def _reference_extent(c, key):
 
 
 def _sample_residuals(c, key):
-  points, _ = groundtruth.surface_points(csg.normalize(c), key, 4096)
-  value, grad = csg.csg_sdf_and_grad(csg.normalize(c), points)
+  c = csg.normalize(c)
+  points, _ = groundtruth.surface_points(c, key, 4096)
+  value, grad = csg.csg_sdf_and_grad(c, points)
   return jnp.abs(value), jnp.abs(value) / jnp.maximum(jnp.linalg.norm(grad, axis=-1), 1e-6)
 
 

@@ -197,13 +197,14 @@ def _numeric_aabb(c: Csg):
   index = jnp.arange(_AABB_GRID, dtype=jnp.float32) + 0.5
   grid = jnp.stack(jnp.meshgrid(index, index, index, indexing='ij'), -1).reshape(-1, 3)
   grid = lo0 + grid * cell
-  dirs = jnp.concatenate([jnp.eye(3), -jnp.eye(3)])  # (6, 3)
+  axes = np.concatenate([np.eye(3), -np.eye(3)])
+  dirs = jnp.asarray(axes, jnp.float32)  # (6, 3)
   # Per direction u: stay, u, and the 4 diagonals with a positive u part
   # (the other axis and diagonal moves never reach further than staying).
   corners = np.stack(np.meshgrid(*[[-1.0, 1.0]] * 3, indexing='ij'), -1).reshape(8, 3)
   moves = jnp.asarray(np.stack([
       np.concatenate([np.zeros((1, 3)), u[None], corners[corners @ u > 0]])
-      for u in np.concatenate([np.eye(3), -np.eye(3)])]), jnp.float32)  # (6, 6, 3)
+      for u in axes]), jnp.float32)  # (6, 6, 3)
 
   f = csg_sdf(c, grid)
   reach = vec.dot(grid[:, None], dirs)  # (G^3, 6)

@@ -24,9 +24,10 @@ _BOX_MARGIN = 1e-3
 # box, ~400 are left after 8 steps, ~120 after 16, ~26 after 32 and ~6 after
 # 64, so the stages march ~15x fewer rays than 64 steps of every ray.
 TRACE_STAGES = ((8, 8), (8, 16), (16, 32), (32, 64))
-# A single primitive of one kind costs so little per evaluation that the
-# compaction's bookkeeping would dominate (primitives: 394 -> 292 samples/s):
-# it marches every ray, as one chunk.
+# A single primitive of one kind is cheap enough per evaluation that the
+# compaction's bookkeeping is not worth it: it marches every ray, as one chunk,
+# as before compaction (its effect on primitives' throughput alone was not
+# isolated from that of compact.true_first).
 DENSE_TRACE_STAGES = ((64, 1),)
 # Newton refinement: steps, forward-difference step for the slope, and where it
 # is trusted (non-grazing slope, short jump).
