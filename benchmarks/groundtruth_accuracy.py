@@ -2,13 +2,13 @@
 
     python benchmarks/groundtruth_accuracy.py [--domains=compounds,organic] [--num_shapes=128]
 
-Per domain, for `num_shapes` shapes (world frame, csg.aabb) prints one JSON object with
+Per domain, for `num_shapes` shapes normalised as groundtruth.normalize does (the box from
+4096 surface samples, csg.aabb), prints one JSON object with
   * the bounding box: each face's gap to the extreme, along its axis, of 60,000 surface samples
     that lie on the surface (|sdf| < 1e-4), relative to the box's longest side (positive: the
     samples reach beyond the box, i.e. the box is too small there); its maximum, 99th
     percentile, and the number of shapes with a gap above 1/500;
-  * the surface samples (groundtruth.surface_points, 4096 per normalised shape, as the
-    datasets use): the fraction with |sdf| > 1e-4 and with |sdf| / |grad sdf| > 1e-3, and the
+  * those 4096 surface samples (as the datasets use), in unit-cube units: the fraction with |sdf| > 1e-4 and with |sdf| / |grad sdf| > 1e-3, and the
     largest |sdf|.
 """
 import json
@@ -35,20 +35,26 @@ def _reference_extent(c, key):
           jnp.max(jnp.where(on, points, -jnp.inf), 0))
 
 
-def _sample_residuals(c, key):
-  c = csg.normalize(c)
-  points, _ = groundtruth.surface_points(c, key, 4096)
+def _measure_one(c, key):
+  """As groundtruth.normalize: the shape normalised by its conservative box, its 4096 surface
+  samples and the box found from them; then the references. Distances are divided by the
+  box's longest side, i.e. in the units of the final unit-cube shape."""
+  sample_key, reference_key = jax.random.split(key)
+  c = csg.normalize(c, csg.bounding_box(c))
+  points, _ = groundtruth.surface_points(c, sample_key, 4096)
+  lo, hi = csg.aabb(c, points)
+  ref_lo, ref_hi = _reference_extent(c, reference_key)
+  size = jnp.max(hi - lo)
   value, grad = csg.csg_sdf_and_grad(c, points)
-  return jnp.abs(value), jnp.abs(value) / jnp.maximum(jnp.linalg.norm(grad, axis=-1), 1e-6)
+  value = jnp.abs(value) / size
+  gap = jnp.concatenate([lo - ref_lo, ref_hi - hi]) / size
+  return gap, value, value / jnp.maximum(jnp.linalg.norm(grad, axis=-1), 1e-6)
 
 
 def measure(domain: str, num_shapes: int) -> dict:
   keys = jax.random.split(jax.random.PRNGKey(5), num_shapes)
   shapes = jax.jit(jax.vmap(lambda k: synth.DOMAINS[domain].sample(k, None)))(keys)
-  lo, hi = map(np.asarray, jax.jit(jax.vmap(csg.aabb))(shapes))
-  ref_lo, ref_hi = map(np.asarray, jax.jit(jax.vmap(_reference_extent))(shapes, keys))
-  gap = np.concatenate([lo - ref_lo, ref_hi - hi], -1) / np.max(hi - lo, -1, keepdims=True)
-  value, distance = map(np.asarray, jax.jit(jax.vmap(_sample_residuals))(shapes, keys))
+  gap, value, distance = map(np.asarray, jax.jit(jax.vmap(_measure_one))(shapes, keys))
   return dict(benchmark="groundtruth_accuracy", domain=domain, num_shapes=num_shapes,
               aabb_gap_max=float(gap.max()), aabb_gap_p99=float(np.percentile(gap, 99)),
               aabb_shapes_gap_over_1_500=int((gap.max(-1) > 1 / 500).sum()),

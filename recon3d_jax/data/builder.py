@@ -196,13 +196,16 @@ class Generator:
 class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
   """Rendered images + depth/normal/mask + surface points, occupancy points and voxels."""
 
-  VERSION = tfds.core.Version("2.2.0")
+  VERSION = tfds.core.Version("2.3.0")
   RELEASE_NOTES = {"1.0.0": "Primitives domain.",
                    "2.0.0": "Four domains, appearance variants, held-out families.",
                    "2.1.0": "Point arrays stored uncompressed (faster to write and read).",
                    "2.2.0": "Compacted sphere tracing; ellipsoids in a mix of kinds use a "
                             "scaled-sphere bound; tighter numerical bounding boxes and "
-                            "surface projection (values differ slightly from 2.1.0)."}
+                            "surface projection (values differ slightly from 2.1.0).",
+                   "2.3.0": "Compounds and organic shapes are normalised by a bounding box "
+                            "found from their surface samples (values differ slightly from "
+                            "2.2.0; primitives and meshes are unchanged)."}
   BUILDER_CONFIGS = [
       SynthConfig.from_data_config(dict(
           benchmark=name, image_size=size, build_seed=0, mesh_dir="", on_bad_mesh="fail",

@@ -31,11 +31,6 @@ FAMILY_BATCH = 16
 DOMAINS: dict[str, families_lib.Domain] = dict(families_lib.DOMAINS)
 
 
-def to_viewer_frame(shape: csg.Csg, rotation: jax.Array) -> csg.Csg:
-  """Rotates a world-frame shape into camera axes and renormalises it to the unit cube."""
-  return csg.normalize(csg.transform(shape, rotation, 1.0, jnp.zeros(3)))
-
-
 def viewer_camera() -> camera.Camera:
   """Camera whose axes are the viewer frame's axes, at distance CAMERA_DISTANCE on -z."""
   return camera.Camera(rotation=jnp.eye(3), position=jnp.array([0.0, 0.0, -CAMERA_DISTANCE]),
@@ -59,16 +54,17 @@ def make_sample(shape: csg.Csg, key: jax.Array, *, variant: variants.Variant, im
   azimuth, elevation = variants.sample_view(k_view, variant)
   world_camera = camera.look_at_camera(azimuth, elevation, CAMERA_DISTANCE, FOV_DEG)
 
-  view_shape = to_viewer_frame(shape, world_camera.rotation)
+  # The shape in camera axes, normalised to the unit cube, and one draw of surface samples: the
+  # targets, then the seeds of the near-surface query points.
+  view_shape, points, surface_normals = groundtruth.normalize(
+      csg.transform(shape, world_camera.rotation, 1.0, jnp.zeros(3)), k_surface,
+      num_surface_points + num_near_points, num_normals=num_surface_points)
   appearance = variants.sample_appearance(k_light, variant)
   # World directions -> the viewer frame the shape is rendered in (stripes stay on the object).
   for name in ("light_dir", "stripe_dir"):
     appearance[name] = world_camera.rotation @ appearance[name]
   images = render.render(view_shape, viewer_camera(), image_size, appearance, variant.texture)
 
-  # One draw of surface samples: the targets, then the seeds of the near-surface query points.
-  points, surface_normals = groundtruth.surface_points(
-      view_shape, k_surface, num_surface_points + num_near_points, num_normals=num_surface_points)
   surface_points = points[:num_surface_points]
   occupancy = groundtruth.occupancy_points(view_shape, k_occ, num_uniform_points,
                                            points[num_surface_points:])

@@ -22,7 +22,8 @@ truth use (surface sampling corrects for |grad f| < 1, see groundtruth.py).
 A single primitive is the P = 1 case. `normalize` maps a compound into the
 unit cube (longest bounding-box side 1, centred at the origin) using
 `aabb`, which is exact from support functions for P = 1 and found numerically
-otherwise (the parts' boxes are not the result's).
+from surface samples otherwise (the parts' boxes are not the result's; see
+groundtruth.normalize).
 """
 from __future__ import annotations
 
@@ -139,24 +140,19 @@ def csg_normal(c: Csg, points):
   return vec.normalize(grad)
 
 
-# Numerical bounding box, per axis direction u (+-x, +-y, +-z): pattern
-# search over points of the solid. Seeds: the _AABB_KEEP centres of an
-# _AABB_GRID^3 grid over a conservative box that lie inside and reach furthest
-# along u, and the _AABB_KEEP that may reach the solid (|f| <= half a cell
-# diagonal) and reach furthest, projected onto the surface (kept only where
-# |f| < _AABB_SURFACE_TOL afterwards; this finds parts thinner than a cell).
-# Each of _AABB_LEVELS rounds moves every seed independently (so that separate
-# local maxima are all followed) to the point reaching furthest among itself
-# and its neighbours one step away along the axes and diagonals that lie in
-# the solid, then halves the step. Every point is in the solid, so the box
-# never exceeds the true one.
-_AABB_GRID = 16
-_AABB_KEEP = 32
-_AABB_LEVELS = 8
-_AABB_PROJECTION_STEPS = 8
+# Numerical bounding box of a compound from points on its surface (area-
+# uniform samples, see groundtruth.normalize): per axis direction u (+-x,
+# +-y, +-z), the _AABB_ASCENT_POINTS samples on the surface (|f| <
+# _AABB_SURFACE_TOL) that reach furthest along u climb by gradient ascent on
+# the surface: step along u's tangential part, project back, accept only
+# surface points that reach further. Every point stays on the surface, so the
+# box never exceeds the true one. Steps start at _AABB_FIRST_STEP of the
+# samples' extent, double after a success and halve after a failure, so a
+# narrow tip (a cone's apex), which few samples come near, is still reached.
 _AABB_SURFACE_TOL = 1e-5
 _AABB_ASCENT_POINTS = 4
 _AABB_ASCENT_STEPS = 10
+_AABB_FIRST_STEP = 1 / 64
 _PROJECTION_STEPS = 2
 # |grad f| = 1 except on ties (edges), at singular points and in bounds (a
 # superquadric's falls with its aspect ratio). The floor gives exact Newton
@@ -191,60 +187,13 @@ def project_to_surface(sdf_and_grad, points, steps=_PROJECTION_STEPS):
   return jax.lax.fori_loop(0, steps, step, points)
 
 
-def _numeric_aabb(c: Csg):
-  lo0, hi0 = _conservative_box(c)
-  cell = (hi0 - lo0) / _AABB_GRID
-  index = jnp.arange(_AABB_GRID, dtype=jnp.float32) + 0.5
-  grid = jnp.stack(jnp.meshgrid(index, index, index, indexing='ij'), -1).reshape(-1, 3)
-  grid = lo0 + grid * cell
-  axes = np.concatenate([np.eye(3), -np.eye(3)])
-  dirs = jnp.asarray(axes, jnp.float32)  # (6, 3)
-  # Per direction u: stay, u, and the 4 diagonals with a positive u part
-  # (the other axis and diagonal moves never reach further than staying).
-  corners = np.stack(np.meshgrid(*[[-1.0, 1.0]] * 3, indexing='ij'), -1).reshape(8, 3)
-  moves = jnp.asarray(np.stack([
-      np.concatenate([np.zeros((1, 3)), u[None], corners[corners @ u > 0]])
-      for u in axes]), jnp.float32)  # (6, 6, 3)
-
-  f = csg_sdf(c, grid)
-  reach = vec.dot(grid[:, None], dirs)  # (G^3, 6)
-  inside_seed = jax.lax.top_k(jnp.where(f[:, None] <= 0, reach, -jnp.inf).T, _AABB_KEEP)[1]
-  near = jnp.abs(f[:, None]) <= jnp.linalg.norm(cell) / 2
-  near_seed = jax.lax.top_k(jnp.where(near, reach, -jnp.inf).T, _AABB_KEEP)[1]
+def _surface_aabb(c: Csg, surface):
+  """(lo, hi) from surface points (M, 3) refined by ascent (see above)."""
+  dirs = jnp.asarray(np.concatenate([np.eye(3), -np.eye(3)]), jnp.float32)  # (6, 3)
+  on_surface = jnp.abs(csg_sdf(c, surface)) < _AABB_SURFACE_TOL
+  reach = jnp.where(on_surface[:, None], vec.dot(surface[:, None], dirs), -jnp.inf)  # (M, 6)
+  score, best = jax.lax.top_k(reach.T, _AABB_ASCENT_POINTS)  # (6, K)
   sdf_and_grad = functools.partial(csg_sdf_and_grad, c)
-  projected = project_to_surface(sdf_and_grad, grid[near_seed], _AABB_PROJECTION_STEPS)
-  points = jnp.concatenate([grid[inside_seed], projected], axis=1)  # (6, 2K, 3)
-  solid = jnp.concatenate([f[inside_seed] <= 0, near.T[jnp.arange(6)[:, None], near_seed] &
-                           (jnp.abs(csg_sdf(c, projected)) < _AABB_SURFACE_TOL)], axis=1)
-  score = jnp.where(solid, vec.dot(points, dirs[:, None]), -jnp.inf)
-
-  def level(i, carry):
-    points, score = carry
-    step = jnp.max(cell) / 2 ** (i + 1)
-    candidates = points[:, :, None] + step * moves[:, None]  # (6, 2K, 6, 3)
-    solid = csg_sdf(c, candidates) <= _AABB_SURFACE_TOL
-    reach = jnp.where(solid, vec.dot(candidates, dirs[:, None, None]), -jnp.inf)
-    best_reach = jnp.max(reach, axis=-1)
-    # The first best move (argmax, a variadic reduction, was ~30x slower on CPU).
-    num_moves = moves.shape[1]
-    best = jnp.min(jnp.where(reach == best_reach[..., None], jnp.arange(num_moves), num_moves),
-                   axis=-1)
-    points = points + step * jnp.take_along_axis(moves, best[..., None], axis=1)
-    # Seeds not in the solid stay at -inf.
-    return points, jnp.where(score > -jnp.inf, best_reach, -jnp.inf)
-
-  points, score = jax.lax.fori_loop(0, _AABB_LEVELS, level, (points, score))
-
-  # Axis and diagonal moves stall where the surface slopes by less than 1
-  # along u; the best few points finish by gradient ascent on the surface:
-  # step along u's tangential part, project back, accept only surface points
-  # (|f| < _AABB_SURFACE_TOL) that reach further. Steps double after a success
-  # and halve after a failure: with a fixed halving schedule, points stalled
-  # far down a narrow tip (a cone's apex) never reached it, and 31 of 128
-  # compounds had a face more than 1/500 inside the true box instead of 5.
-  score, best = jax.lax.top_k(score, _AABB_ASCENT_POINTS)
-  points = jnp.take_along_axis(points, best[..., None], axis=1)
-  surface = project_to_surface(sdf_and_grad, points, _AABB_PROJECTION_STEPS)
   u = dirs[:, None, :]
 
   def ascend(_, carry):
@@ -255,39 +204,50 @@ def _numeric_aabb(c: Csg):
     q = project_to_surface(sdf_and_grad, p + step[..., None] * tangent, _PROJECTION_STEPS + 1)
     reach = vec.dot(q, u)
     better = (jnp.abs(csg_sdf(c, q)) < _AABB_SURFACE_TOL) & (reach > score)
-    # Longer steps while they succeed (a far, narrow tip), shorter once they fail.
     step = jnp.where(better, 2.0 * step, 0.5 * step)
     return jnp.where(better[..., None], q, p), jnp.where(better, reach, score), step
 
-  on_surface = jnp.abs(csg_sdf(c, surface)) < _AABB_SURFACE_TOL
-  start = jnp.where(on_surface, vec.dot(surface, u), -jnp.inf)
-  first_step = jnp.full(start.shape, jnp.max(cell) / 4)
-  _, ascended, _ = jax.lax.fori_loop(0, _AABB_ASCENT_STEPS, ascend,
-                                     (surface, start, first_step))
-  extreme = jnp.maximum(jnp.max(score, axis=1), jnp.max(ascended, axis=1))
+  extent = jnp.max(jnp.max(surface, axis=0) - jnp.min(surface, axis=0))
+  first_step = jnp.full(score.shape, _AABB_FIRST_STEP * extent)
+  _, score, _ = jax.lax.fori_loop(0, _AABB_ASCENT_STEPS, ascend,
+                                  (surface[best], score, first_step))
+  extreme = jnp.max(score, axis=1)
   return -extreme[3:], extreme[:3]
 
 
-def aabb(c: Csg):
+def aabb(c: Csg, surface=None):
   """Axis-aligned bounding box of the compound -> (lo (3,), hi (3,)).
 
-  P = 1: exact (support functions). Otherwise found numerically (see
-  _numeric_aabb): each face is the furthest point of the solid found along
-  its axis, never outside the true box. Against the extremes of 60,000
-  surface samples per shape, faces were within 1/500 of the shape's size for
-  all of 128 organic shapes and 123 of 128 compounds, and within 0.32% for
-  all (benchmarks/groundtruth_accuracy.py).
+  P = 1: exact (support functions). Otherwise found numerically from
+  `surface` (M, 3), points on the surface (see _surface_aabb): each face is
+  the furthest point of the surface found along its axis, never outside the
+  true box. From the 4,096 samples of groundtruth.normalize, against the
+  extremes of 60,000 surface samples per shape, faces were within 1/500 of
+  the shape's size for all of 128 organic shapes and 126 of 128 compounds,
+  and within 0.33% for all (benchmarks/groundtruth_accuracy.py).
   """
   if c.num_parts == 1:
     return sdf_lib.shape_aabb(part(c, 0), c.kinds)
-  return _numeric_aabb(c)
+  if surface is None:
+    raise ValueError(f"aabb of a compound of {c.num_parts} parts needs surface points "
+                     "(surface=(M, 3)), e.g. from groundtruth.surface_points; "
+                     "groundtruth.normalize does both")
+  return _surface_aabb(c, surface)
 
 
-def normalize(c: Csg) -> Csg:
-  """Rescales and translates so the AABB has longest side 1 and is centred at 0."""
-  lo, hi = aabb(c)
+def unit_cube_transform(lo, hi):
+  """(scale, translation) of p -> scale * p + translation mapping the box
+  [lo, hi] to longest side 1, centred at the origin."""
   size = jnp.max(hi - lo)
-  return transform(c, jnp.eye(3), 1 / size, -(lo + hi) / (2 * size))
+  return 1 / size, -(lo + hi) / (2 * size)
+
+
+def normalize(c: Csg, box=None) -> Csg:
+  """Rescales and translates so the box (default: aabb(c), which needs P = 1)
+  has longest side 1 and is centred at 0."""
+  lo, hi = aabb(c) if box is None else box
+  scale, translation = unit_cube_transform(lo, hi)
+  return transform(c, jnp.eye(3), scale, translation)
 
 
 def as_csg(shape) -> Csg:

@@ -103,9 +103,10 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
       only (the rest may be seeds that need none, e.g. of occupancy_points).
 
   Returns:
-    points: (N, 3) on the surface: |sdf| < 1e-4 for all but 0.17% of
-      compounds' and 0.02% of organic shapes' samples, which stopped at
-      creases (benchmarks/groundtruth_accuracy.py); ~1e-6 for primitives.
+    points: (N, 3) on the surface: |sdf| < 1e-4 (in unit-cube units, drawn
+      as groundtruth.normalize draws them) for all but 0.21% of compounds'
+      and 0.06% of organic shapes' samples, which stopped at creases or
+      flat tips (benchmarks/groundtruth_accuracy.py); ~1e-6 for primitives.
     normals: (K, 3) unit outward normals of points[:K].
   """
   c = csg.as_csg(shape)
@@ -125,6 +126,37 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
   points = csg.project_to_surface(sdf_and_grad, candidates[index])
   num_normals = num_points if num_normals is None else num_normals
   return points, csg.csg_normal(c, points[:num_normals])
+
+
+def normalize(shape, key, num_points: int, num_normals: int | None = None):
+  """Maps a shape into the unit cube, with area-uniform surface samples of the result.
+
+  The samples double as the seeds of a compound's numerical bounding box
+  (csg.aabb). They are drawn after a first normalisation by the conservative
+  csg.bounding_box (exact for P = 1, so final), which puts the sampler's
+  absolute tolerances (SHELL_EPS) at the same scale for every shape; the
+  points are then mapped by the same transform as the shape (a uniform
+  scale, so they stay area-uniform and the normals unchanged).
+
+  Args:
+    shape: an sdf.Shape or csg.Csg.
+    key: PRNG key of the surface samples.
+    num_points: static int N (4,096 in the data pipeline).
+    num_normals: static int K <= N, as in surface_points.
+
+  Returns:
+    shape: the csg.Csg in the unit cube.
+    points: (N, 3) its surface samples (as surface_points).
+    normals: (K, 3) unit outward normals of points[:K].
+  """
+  c = csg.as_csg(shape)
+  c = csg.normalize(c, csg.bounding_box(c))
+  points, normals = surface_points(c, key, num_points, num_normals=num_normals)
+  if c.num_parts == 1:
+    return c, points, normals
+  scale, translation = csg.unit_cube_transform(*csg.aabb(c, points))
+  return (csg.transform(c, jnp.eye(3), scale, translation), scale * points + translation,
+          normals)
 
 
 def occupancy_points(shape, key, num_uniform: int, surface, near_sigma: float = 0.01):
