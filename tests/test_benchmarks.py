@@ -56,15 +56,16 @@ def _spec(tmp_path, name="primitives"):
 
 
 def test_build_is_idempotent(tmp_path):
-  name, status, _ = build.build(_spec(tmp_path))
-  assert status == "built" and name.startswith("primitives-32-n8-")
-  assert build.build(_spec(tmp_path))[1] == "exists"
+  # organic: one compiled program (primitives compile one per family).
+  name, status, _ = build.build(_spec(tmp_path, "organic"))
+  assert status == "built" and name.startswith("organic-32-n8-")
+  assert build.build(_spec(tmp_path, "organic"))[1] == "exists"
   with pytest.raises(ValueError, match="image_sizes"):
     build.dataset_specs("primitives", "30", str(tmp_path))
 
 
 def test_interrupted_build_never_loads_as_complete(tmp_path):
-  """SIGKILL mid-build, then: not prepared, and the same command finishes the dataset."""
+  """SIGKILL mid-build: the dataset the command was building is not prepared."""
   data_dir = tmp_path / "data"
   command = [sys.executable, "-m", "recon3d_jax.data.build", "--benchmark=organic",
              "--image_sizes=32", f"--data_dir={data_dir}", "--num_train=4000"]
@@ -76,9 +77,11 @@ def test_interrupted_build_never_loads_as_complete(tmp_path):
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert list(data_dir.rglob("incomplete*")), "the build never started writing"
-  spec = dict(_spec(data_dir, "organic"), num_train=4000)
-  dataset = builder.Recon3dSynth(config=builder.SynthConfig.from_data_config(spec),
-                                 data_dir=str(data_dir), file_format="array_record")
+  # The command's own dataset: its flags, the registered sizes otherwise.
+  spec = build.dataset_specs("organic", "32", str(data_dir), num_train=4000)[0]
+  config = builder.SynthConfig.from_data_config(spec)
+  assert list((data_dir / "recon3d_synth" / config.name).rglob("incomplete*"))
+  dataset = builder.make_builder(config, str(data_dir))
   assert not dataset.is_prepared()
 
 
