@@ -8,8 +8,8 @@ Per domain, for `num_shapes` shapes normalised as groundtruth.normalize does (th
     that lie on the surface (|sdf| < 1e-4), relative to the box's longest side (positive: the
     samples reach beyond the box, i.e. the box is too small there); its maximum, 99th
     percentile, and the number of shapes with a gap above 1/500;
-  * those 4096 surface samples (as the datasets use), in unit-cube units: the fraction with |sdf| > 1e-4 and with |sdf| / |grad sdf| > 1e-3, and the
-    largest |sdf|.
+  * those 4096 surface samples (as the datasets use), in unit-cube units: the fraction with
+    |sdf| > 1e-4 and with |sdf| / |grad sdf| > 1e-3, and the largest |sdf|.
 """
 import json
 

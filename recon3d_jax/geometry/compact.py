@@ -111,16 +111,12 @@ def map_where(fn, mask, values, chunk: int):
       entries, whose results are dropped).
     mask: (n,) bool, the entries to update.
     values: pytree of arrays with leading axis n.
-    chunk: static number of entries per call of fn; chunk >= n calls fn once
-      on all entries, without compaction (cheaper where fn is cheap).
+    chunk: static number of entries per call of fn.
 
   Returns:
     `values` with the masked entries updated, the others unchanged.
   """
   n = mask.shape[0]
-  if chunk >= n:
-    return jax.tree.map(lambda v, u: jnp.where(mask.reshape((n,) + (1,) * (v.ndim - 1)), u, v),
-                        values, fn(values))
   masked = ranks(mask)
   slot = jnp.arange(chunk, dtype=jnp.int32)
 

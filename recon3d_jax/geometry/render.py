@@ -71,8 +71,7 @@ def sphere_trace_dense(sdf_fn, origins, directions, near, far, eps=1e-4,
   return t, (jnp.abs(ray_sdf(t)) < eps) & (t < far)
 
 
-def sphere_trace(sdf_fn, origins, directions, near, far, eps=1e-4, stages=TRACE_STAGES,
-                 hit_fraction=_HIT_CHUNK):
+def sphere_trace(sdf_fn, origins, directions, near, far, eps=1e-4, stages=TRACE_STAGES):
   """Sphere traces rays against a 1-Lipschitz SDF.
 
   Steps t <- t + sdf (clamped to `far`) for at most sum(steps of `stages`)
@@ -93,7 +92,6 @@ def sphere_trace(sdf_fn, origins, directions, near, far, eps=1e-4, stages=TRACE_
     far: (...,) or scalar end parameter.
     eps: hit tolerance on |sdf| at the final point.
     stages: static ((steps, k), ...): the schedule, chunks of 1/k of the rays.
-    hit_fraction: static k, Newton steps in chunks of 1/k of the rays.
 
   Returns:
     t: (...,) ray parameter of the hit (ray length for unit directions).
@@ -130,7 +128,7 @@ def sphere_trace(sdf_fn, origins, directions, near, far, eps=1e-4, stages=TRACE_
     t, dist = ray[3], ray[4]
     marching = (jnp.abs(dist) >= eps) & (t < far)
     ray = compact.map_where(march(steps), marching, ray, _chunk(n, fraction))
-  ray = compact.map_where(newton, ray[3] < far, ray, _chunk(n, hit_fraction))
+  ray = compact.map_where(newton, ray[3] < far, ray, _chunk(n, _HIT_CHUNK))
   t, dist = ray[3], ray[4]
   hit = (jnp.abs(dist) < eps) & (t < far)
   return t.reshape(batch_shape), hit.reshape(batch_shape)
@@ -174,14 +172,13 @@ def render(shape, camera: camera_lib.Camera, image_size: int, appearance: dict,
   lo = jnp.maximum(lo, -0.5) - _BOX_MARGIN
   hi = jnp.minimum(hi, 0.5) + _BOX_MARGIN
   near, far = _box_interval(origins, directions, lo, hi)
-  sdf_fn = lambda p: csg.csg_sdf(c, p)
-  if c.num_parts == 1 and len(c.kinds) == 1:
-    t, hit = sphere_trace_dense(sdf_fn, origins, directions, near, far)
-    points = origins + t[..., None] * directions
+  dense = c.num_parts == 1 and len(c.kinds) == 1
+  trace = sphere_trace_dense if dense else sphere_trace
+  t, hit = trace(lambda p: csg.csg_sdf(c, p), origins, directions, near, far)
+  points = origins + t[..., None] * directions
+  if dense:
     normal = csg.csg_normal(c, points)
   else:
-    t, hit = sphere_trace(sdf_fn, origins, directions, near, far)
-    points = origins + t[..., None] * directions
     # Normals only at the hits (a gradient costs several SDF evaluations).
     flat_points = points.reshape(-1, 3)
     _, normal = compact.map_where(
