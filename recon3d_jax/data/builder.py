@@ -196,7 +196,7 @@ class Generator:
 class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
   """Rendered images + depth/normal/mask + surface points, occupancy points and voxels."""
 
-  VERSION = tfds.core.Version("2.3.0")
+  VERSION = tfds.core.Version("2.4.0")
   RELEASE_NOTES = {"1.0.0": "Primitives domain.",
                    "2.0.0": "Four domains, appearance variants, held-out families.",
                    "2.1.0": "Point arrays stored uncompressed (faster to write and read).",
@@ -205,7 +205,9 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
                             "surface projection (values differ slightly from 2.1.0).",
                    "2.3.0": "Compounds and organic shapes are normalised by a bounding box "
                             "found from their surface samples (values differ slightly from "
-                            "2.2.0; primitives and meshes are unchanged)."}
+                            "2.2.0; primitives and meshes are unchanged).",
+                   "2.4.0": "Closed-form gradients of the CSG domains' SDFs (surface normals "
+                            "and bounding boxes differ slightly from 2.3.0, mostly at edges)."}
   BUILDER_CONFIGS = [
       SynthConfig.from_data_config(dict(
           benchmark=name, image_size=size, build_seed=0, mesh_dir="", on_bad_mesh="fail",

@@ -153,7 +153,9 @@ _AABB_SURFACE_TOL = 1e-5
 _AABB_ASCENT_POINTS = 4
 _AABB_ASCENT_STEPS = 10
 _AABB_FIRST_STEP = 1 / 64
-_PROJECTION_STEPS = 2
+# Newton steps onto the surface (project_to_surface): from |f| < 0.01 two
+# leave all but ~0.2% of compounds' surface samples within 1e-4.
+PROJECTION_STEPS = 2
 # |grad f| = 1 except on ties (edges), at singular points and in bounds (a
 # superquadric's falls with its aspect ratio). The floor gives exact Newton
 # steps where |grad f| >= 1/8 and keeps the others within 8 |f|; a floor of
@@ -178,13 +180,16 @@ def _conservative_box(c: Csg):
           jnp.max(jnp.where(use, hi, -jnp.inf), axis=0) + pad)
 
 
-def project_to_surface(sdf_and_grad, points, steps=_PROJECTION_STEPS):
-  """Newton steps p <- p - f(p) grad f(p) / |grad f(p)|^2 onto the zero set."""
-  def step(_, p):
-    d, grad = sdf_and_grad(p)
-    grad_sq = jnp.maximum(vec.dot(grad, grad), _MIN_PROJECTION_GRAD_SQ)
-    return p - (d / grad_sq)[..., None] * grad
-  return jax.lax.fori_loop(0, steps, step, points)
+def newton_step(points, value, grad):
+  """One Newton step p <- p - f(p) grad f(p) / |grad f(p)|^2 towards the zero
+  set, from f (...,) and its gradient (..., 3) at points (..., 3)."""
+  grad_sq = jnp.maximum(vec.dot(grad, grad), _MIN_PROJECTION_GRAD_SQ)
+  return points - (value / grad_sq)[..., None] * grad
+
+
+def project_to_surface(sdf_and_grad, points, steps=PROJECTION_STEPS):
+  """`steps` Newton steps (newton_step) onto the zero set."""
+  return jax.lax.fori_loop(0, steps, lambda _, p: newton_step(p, *sdf_and_grad(p)), points)
 
 
 def _surface_aabb(c: Csg, surface):
@@ -201,7 +206,7 @@ def _surface_aabb(c: Csg, surface):
     _, grad = sdf_and_grad(p)
     n = vec.normalize(grad)
     tangent = u - vec.dot(u, n)[..., None] * n
-    q = project_to_surface(sdf_and_grad, p + step[..., None] * tangent, _PROJECTION_STEPS + 1)
+    q = project_to_surface(sdf_and_grad, p + step[..., None] * tangent, PROJECTION_STEPS + 1)
     reach = vec.dot(q, u)
     better = (jnp.abs(csg_sdf(c, q)) < _AABB_SURFACE_TOL) & (reach > score)
     step = jnp.where(better, 2.0 * step, 0.5 * step)

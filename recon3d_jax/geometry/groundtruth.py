@@ -116,15 +116,20 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
     num_candidates = per_point * num_points
   candidates = _shell_candidates(c, key, num_candidates)
   near = jnp.abs(csg.csg_sdf(c, candidates)) < SHELL_EPS
-  if not csg.is_exact(c):
-    # near is a superset of the shell; the gradient decides on the first few.
+  sdf_and_grad = functools.partial(csg.csg_sdf_and_grad, c)
+  if csg.is_exact(c):
+    points = csg.project_to_surface(sdf_and_grad,
+                                    candidates[compact.true_first(near, num_points)])
+  else:
+    # near is a superset of the shell; the gradient decides on the first few,
+    # and gives the chosen ones their first Newton step.
     pool = min(GRADIENTS_PER_POINT * num_points, num_candidates)
     candidates = candidates[compact.true_first(near, pool)]
     value, grad = csg.csg_sdf_and_grad(c, candidates)
     near = jnp.abs(value) < SHELL_EPS * jnp.maximum(vec.norm(grad), 1e-6)
-  index = compact.true_first(near, num_points)
-  sdf_and_grad = functools.partial(csg.csg_sdf_and_grad, c)
-  points = csg.project_to_surface(sdf_and_grad, candidates[index])
+    index = compact.true_first(near, num_points)
+    points = csg.newton_step(candidates[index], value[index], grad[index])
+    points = csg.project_to_surface(sdf_and_grad, points, csg.PROJECTION_STEPS - 1)
   num_normals = num_points if num_normals is None else num_normals
   return points, csg.csg_normal(c, points[:num_normals])
 
