@@ -9,7 +9,10 @@ Per domain, for `num_shapes` shapes normalised as groundtruth.normalize does (th
     samples reach beyond the box, i.e. the box is too small there); its maximum, 99th
     percentile, and the number of shapes with a gap above 1/500;
   * those 4096 surface samples (as the datasets use), in unit-cube units: the fraction with
-    |sdf| > 1e-4 and with |sdf| / |grad sdf| > 1e-3, and the largest |sdf|.
+    |sdf| > 1e-4 and with |sdf| / |grad sdf| > 1e-3, and the largest |sdf|;
+  * the sampler's supply: shell candidates per sample in its gradient pool
+    (groundtruth.bound_shell_pool), the smallest over the shapes (below 1: samples that are not
+    area-uniform).
 """
 import json
 
@@ -48,19 +51,23 @@ def _measure_one(c, key):
   value, grad = csg.csg_sdf_and_grad(c, points)
   value = jnp.abs(value) / size
   gap = jnp.concatenate([lo - ref_lo, ref_hi - hi]) / size
-  return gap, value, value / jnp.maximum(jnp.linalg.norm(grad, axis=-1), 1e-6)
+  *_, shell = groundtruth.bound_shell_pool(c, sample_key, 4096)
+  return (gap, value, value / jnp.maximum(jnp.linalg.norm(grad, axis=-1), 1e-6),
+          jnp.sum(shell) / 4096)
 
 
 def measure(domain: str, num_shapes: int) -> dict:
   keys = jax.random.split(jax.random.PRNGKey(5), num_shapes)
   shapes = jax.jit(jax.vmap(lambda k: synth.DOMAINS[domain].sample(k, None)))(keys)
-  gap, value, distance = map(np.asarray, jax.jit(jax.vmap(_measure_one))(shapes, keys))
+  gap, value, distance, supply = map(np.asarray,
+                                     jax.jit(jax.vmap(_measure_one))(shapes, keys))
   return dict(benchmark="groundtruth_accuracy", domain=domain, num_shapes=num_shapes,
               aabb_gap_max=float(gap.max()), aabb_gap_p99=float(np.percentile(gap, 99)),
               aabb_shapes_gap_over_1_500=int((gap.max(-1) > 1 / 500).sum()),
               surface_frac_sdf_over_1e4=float((value > 1e-4).mean()),
               surface_frac_distance_over_1e3=float((distance > 1e-3).mean()),
-              surface_max_sdf=float(value.max()))
+              surface_max_sdf=float(value.max()),
+              shell_candidates_per_point_min=float(supply.min()))
 
 
 def main(argv):
