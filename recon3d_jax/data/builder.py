@@ -206,8 +206,9 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
                    "2.3.0": "Compounds and organic shapes are normalised by a bounding box "
                             "found from their surface samples (values differ slightly from "
                             "2.2.0; primitives and meshes are unchanged).",
-                   "2.4.0": "Closed-form gradients of the CSG domains' SDFs (surface normals "
-                            "and bounding boxes differ slightly from 2.3.0, mostly at edges)."}
+                   "2.4.0": "Closed-form gradients of the CSG domains' SDFs and a smaller "
+                            "gradient pool in the surface sampler: compounds' and organic "
+                            "samples differ from 2.3.0; primitives' normals only at edges."}
   BUILDER_CONFIGS = [
       SynthConfig.from_data_config(dict(
           benchmark=name, image_size=size, build_seed=0, mesh_dir="", on_bad_mesh="fail",
