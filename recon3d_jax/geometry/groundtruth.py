@@ -104,8 +104,8 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
 
   Returns:
     points: (N, 3) on the surface: |sdf| < 1e-4 (in unit-cube units, drawn
-      as groundtruth.normalize draws them) for all but 0.21% of compounds'
-      and 0.06% of organic shapes' samples, where two Newton steps had not
+      as groundtruth.normalize draws them) for all but 0.22% of compounds'
+      and 0.04% of organic shapes' samples, where two Newton steps had not
       converged (compounds: at creases) (benchmarks/groundtruth_accuracy.py);
       ~1e-6 for primitives.
     normals: (K, 3) unit outward normals of points[:K].
