@@ -58,7 +58,8 @@ def _hash_uniform(key, shape):
 
 
 def _shell_candidates(c: csg.Csg, key, num_candidates: int):
-  """(num_candidates, 3) i.i.d. points uniform in a union of cells holding the shell."""
+  """(num_candidates, 3) i.i.d. points uniform in a union of cells holding the
+  shell, and (num_candidates,) bool whether |f| < SHELL_EPS at each."""
   lo, hi = csg.bounding_box(c)
   lo, hi = lo - SHELL_EPS, hi + SHELL_EPS
   cell = (hi - lo) / CELL_GRID
@@ -74,7 +75,8 @@ def _shell_candidates(c: csg.Csg, key, num_candidates: int):
   # u[:, 0] picks one of the reaching cells uniformly, u[:, 1:] a point in it.
   pick = jnp.floor(u[:, 0] * num_reaching.astype(jnp.float32)).astype(jnp.int32)
   pick = jnp.clip(pick, 0, num_reaching - 1)
-  return corners[reaching[pick]] + u[:, 1:] * cell
+  candidates = corners[reaching[pick]] + u[:, 1:] * cell
+  return candidates, jnp.abs(csg.csg_sdf(c, candidates)) < SHELL_EPS
 
 
 def surface_points(shape, key, num_points: int, num_candidates: int | None = None,
@@ -113,9 +115,8 @@ def surface_points(shape, key, num_points: int, num_candidates: int | None = Non
   c = csg.as_csg(shape)
   sdf_and_grad = functools.partial(csg.csg_sdf_and_grad, c)
   if csg.is_exact(c):
-    num_candidates = num_candidates or CANDIDATES_PER_POINT * num_points
-    candidates = _shell_candidates(c, key, num_candidates)
-    near = jnp.abs(csg.csg_sdf(c, candidates)) < SHELL_EPS
+    candidates, near = _shell_candidates(
+        c, key, num_candidates or CANDIDATES_PER_POINT * num_points)
     points = csg.project_to_surface(sdf_and_grad,
                                     candidates[compact.true_first(near, num_points)])
   else:
@@ -142,8 +143,7 @@ def bound_shell_pool(c: csg.Csg, key, num_points: int, num_candidates: int | Non
     shell: (K,) bool, in the shell. Fewer than N Trues is a shortfall.
   """
   num_candidates = num_candidates or BOUND_CANDIDATES_PER_POINT * num_points
-  candidates = _shell_candidates(c, key, num_candidates)
-  near = jnp.abs(csg.csg_sdf(c, candidates)) < SHELL_EPS
+  candidates, near = _shell_candidates(c, key, num_candidates)
   pool = candidates[compact.true_first(near, min(GRADIENTS_PER_POINT * num_points,
                                                  num_candidates))]
   value, grad = csg.csg_sdf_and_grad(c, pool)

@@ -216,14 +216,15 @@ def _cone_and_grad(p, params):
   planar = inside | off_slant | off_base
   to_apex = vec.length(rho, y - h)
   to_rim = vec.length(rho - r, y + h)
+  vertex = jnp.minimum(to_apex, to_rim)
   on_slant = slant >= base
   apex = to_apex <= to_rim
   # Gradient in the profile: the plane's normal, or the unit vector from the vertex.
   d_rho = jnp.where(planar, jnp.where(on_slant, 2 * h / slant_length, 0.0),
-                    jnp.where(apex, rho, rho - r) / jnp.minimum(to_apex, to_rim))
+                    jnp.where(apex, rho, rho - r) / vertex)
   d_y = jnp.where(planar, jnp.where(on_slant, r / slant_length, -1.0),
-                  jnp.where(apex, y - h, y + h) / jnp.minimum(to_apex, to_rim))
-  value = jnp.where(planar, jnp.maximum(slant, base), jnp.minimum(to_apex, to_rim))
+                  jnp.where(apex, y - h, y + h) / vertex)
+  value = jnp.where(planar, jnp.maximum(slant, base), vertex)
   return value, (d_rho * x / rho, d_y, d_rho * z / rho)
 
 
@@ -279,8 +280,9 @@ def _superquadric_and_grad(p, params):
   powers = [jnp.exp(e * jnp.log(ui)) for ui in u]
   total = jnp.maximum(sum(powers), 1e-30)
   n = jnp.exp(jnp.log(total) / e)
-  common = jnp.min(r) * n / total
-  return jnp.min(r) * (n - 1), tuple(
+  min_r = jnp.min(r)
+  common = min_r * n / total
+  return min_r * (n - 1), tuple(
       common * wi / ui * jnp.sign(pi) / ri for pi, ri, ui, wi in zip(p, r, u, powers))
 
 
