@@ -16,12 +16,14 @@ folder and renames it at the end, so an interrupted build never looks complete.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,10 @@ GENERATION_CHUNK = 32  # Samples rendered per jitted call (padded to it: one com
 # Samples per Generator.generate call where synth renders family by family (primitives):
 # enough that every family fills its synth.FAMILY_BATCH calls; not padded.
 FAMILY_CHUNK = 256
+# Chunks rendered at once in worker threads (XLA releases the GIL). One compiled sample program
+# keeps ~1 of this machine's 2 cores busy; two in flight rendered compounds and organic shapes
+# ~1.25x faster (benchmarks/render_throughput.py).
+RENDER_THREADS = 2
 # The 25 real meshes shipped with the repository (see assets/meshes/README.md).
 BUNDLED_MESH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "assets",
                                 "meshes")
@@ -231,16 +237,27 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
     count = self.builder_config.split_size(split)
     chunks = [np.arange(start, min(start + generator.chunk, count))
               for start in range(0, count, generator.chunk)]
-    # The next chunk renders in a worker thread (XLA releases the GIL) while TFDS encodes and
-    # writes this one.
-    with concurrent.futures.ThreadPoolExecutor(1) as worker:
-      pending = worker.submit(generator.generate, split, chunks[0])
-      for following in chunks[1:] + [None]:
-        batch = pending.result()
-        if following is not None:
-          pending = worker.submit(generator.generate, split, following)
-        for row, index in enumerate(batch["index"]):
-          yield int(index), {k: v[row] for k, v in batch.items()}
+    for batch in generate_in_order(functools.partial(generator.generate, split), chunks):
+      for row, index in enumerate(batch["index"]):
+        yield int(index), {k: v[row] for k, v in batch.items()}
+
+
+def generate_in_order(generate: Callable[[np.ndarray], dict], chunks: list[np.ndarray],
+                      threads: int = RENDER_THREADS) -> Iterator[dict]:
+  """Yields generate(chunk) for each chunk, in order, with `threads` chunks rendering in worker
+  threads while the caller consumes (TFDS encodes and writes) the previous one.
+
+  The first chunk renders alone: it compiles the programs, which concurrent first calls would
+  each compile again.
+  """
+  with concurrent.futures.ThreadPoolExecutor(threads) as workers:
+    pending = collections.deque()
+    for i, chunk in enumerate(chunks):
+      pending.append(workers.submit(generate, chunk))
+      if i == 0 or len(pending) > threads:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
 
 
 def make_builder(config: SynthConfig, data_dir: str) -> Recon3dSynth:
