@@ -39,8 +39,8 @@ GENERATION_CHUNK = 32  # Samples rendered per jitted call (padded to it: one com
 # enough that every family fills its synth.FAMILY_BATCH calls; not padded.
 FAMILY_CHUNK = 256
 # Chunks rendered at once in worker threads (XLA releases the GIL). One compiled sample program
-# keeps ~1 of this machine's 2 cores busy; two in flight rendered compounds and organic shapes
-# ~1.25x faster (benchmarks/render_throughput.py).
+# leaves part of this machine's 2 cores idle; two in flight rendered 1.10-1.15x as many samples
+# per second (benchmarks/render_throughput.py: `value` against `one_thread`).
 RENDER_THREADS = 2
 # The 25 real meshes shipped with the repository (see assets/meshes/README.md).
 BUNDLED_MESH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "assets",
