@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -53,6 +54,27 @@ def test_registered_configs_are_tfds_builders(tmp_path):
 
 def _spec(tmp_path, name="primitives"):
   return build.dataset_specs(name, "32", str(tmp_path), **TINY)[0]
+
+
+def test_generate_in_order_keeps_order_and_renders_the_first_chunk_alone():
+  lock, running, events = threading.Lock(), [0], []
+
+  def generate(chunk):
+    with lock:
+      running[0] += 1
+      events.append(("start", int(chunk[0]), running[0]))
+    time.sleep(0.02 * (1 + int(chunk[0]) % 3))  # Later chunks may finish first.
+    with lock:
+      running[0] -= 1
+      events.append(("end", int(chunk[0]), running[0]))
+    return {"index": chunk}
+
+  chunks = [np.array([i, i]) for i in range(7)]
+  out = list(builder.generate_in_order(generate, chunks, threads=2))
+  assert [int(o["index"][0]) for o in out] == list(range(7))
+  assert events[:2] == [("start", 0, 1), ("end", 0, 0)]  # Compiles alone.
+  concurrency = [n for kind, _, n in events if kind == "start"]
+  assert max(concurrency) == 2
 
 
 def test_build_is_idempotent(tmp_path):
