@@ -155,6 +155,13 @@ def evaluate_split(model, params, config, source, mesh, threshold: float) -> tup
   return rows, picture
 
 
+def unsupervised_heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Prediction heads whose loss weight is 0 in the run (e.g. depth in the `normal` arm)."""
+  weights = losses.arm_weights(config.arm, normal_weight=config.loss.normal_weight,
+                               depth_weight=config.loss.depth_weight)
+  return tuple(head for head in visualize.HEAD_COLUMNS if weights[head] == 0)
+
+
 def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir: str, sources,
                        mesh, splits=("validation", "test"), subdir: str = "eval") -> dict:
   """Chooses the threshold on validation, evaluates `splits`, writes WORKDIR/<subdir>/*.
@@ -173,7 +180,7 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("index", "kind")}
     summary[split] = dict(means, num_instances=len(rows))
     visualize.save_prediction_grid(os.path.join(eval_dir, f"{split}.png"), batch, pred, threshold,
-                                   config.eval.num_picture_instances)
+                                   config.eval.num_picture_instances, unsupervised_heads(config))
     logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d)", split, means["iou"],
                  means["fscore@0.02"], means["chamfer_l1"], len(rows))
   if config.eval.cost_repeats:

@@ -12,6 +12,8 @@ from recon3d_jax import metrics  # noqa: E402
 
 COLUMNS = ("input", "depth (pred)", "depth (true)", "normals (pred)", "normals (true)",
            "3D (pred)", "3D (true points)")
+# The column showing each prediction head (losses.TERMS names).
+HEAD_COLUMNS = {"depth": "depth (pred)", "normal": "normals (pred)", "occupancy": "3D (pred)"}
 
 
 def normals_to_rgb(normals: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -55,13 +57,25 @@ def _setup_3d(ax) -> None:
   ax.set_axis_off()
 
 
+def _draw_unsupervised(ax) -> None:
+  ax.text(0.5, 0.5, "head not trained\n(loss weight 0)", ha="center", va="center", fontsize=8,
+          color="0.4", transform=ax.transAxes)
+  ax.set_axis_off()
+
+
 def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
-                         num_instances: int) -> None:
+                         num_instances: int, unsupervised: tuple[str, ...] = ()) -> None:
   """Writes a PNG with one row per instance and the COLUMNS above.
 
   batch: eval batch (image, depth, normal, mask, surface_points); pred: `evaluate.predict`
   output including `grid`; the predicted mesh uses the validation-chosen threshold.
+  unsupervised: heads (keys of HEAD_COLUMNS) that the run's loss never trained, e.g. depth in
+  the `normal` arm; their columns say so instead of showing an untrained output.
   """
+  unknown = set(unsupervised) - set(HEAD_COLUMNS)
+  if unknown:
+    raise ValueError(f"unsupervised={unsupervised!r}: expected heads among {sorted(HEAD_COLUMNS)}")
+  blank = {COLUMNS.index(HEAD_COLUMNS[h]) for h in unsupervised}
   n = min(num_instances, len(batch["image"]))
   fig = plt.figure(figsize=(2.2 * len(COLUMNS), 2.2 * n))
   for i in range(n):
@@ -77,11 +91,17 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
     ]
     for j, panel in enumerate(panels):
       ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + j + 1)
+      if j in blank:
+        _draw_unsupervised(ax)
+        continue
       ax.imshow(panel, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
       ax.set_axis_off()
-    ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6, projection="3d")
-    _draw_mesh(ax, *metrics.mesh_from_occupancy(pred["grid"][i], threshold))
-    _setup_3d(ax)
+    if 5 in blank:
+      _draw_unsupervised(fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6))
+    else:
+      ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6, projection="3d")
+      _draw_mesh(ax, *metrics.mesh_from_occupancy(pred["grid"][i], threshold))
+      _setup_3d(ax)
     ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 7, projection="3d")
     _draw_points(ax, batch["surface_points"][i])
     _setup_3d(ax)
