@@ -96,7 +96,7 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
         continue
       ax.imshow(panel, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
       ax.set_axis_off()
-    if 5 in blank:
+    if COLUMNS.index("3D (pred)") in blank:
       _draw_unsupervised(fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6))
     else:
       ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6, projection="3d")

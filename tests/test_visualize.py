@@ -40,5 +40,9 @@ def test_unsupervised_heads_are_labelled_not_drawn(tmp_path):
   assert _coloured_fraction(drawn, depth_pred) > 0.1
   assert _coloured_fraction(labelled, depth_pred) == 0.0
   assert _coloured_fraction(labelled, depth_true) > 0.1
+  mesh = visualize.COLUMNS.index("3D (pred)")
+  visualize.save_prediction_grid(labelled, batch, pred, 0.5, 1, unsupervised=("occupancy",))
+  assert _coloured_fraction(drawn, mesh) > 0.01
+  assert _coloured_fraction(labelled, mesh) == 0.0
   with pytest.raises(ValueError, match="unsupervised=.*silhouette"):
     visualize.save_prediction_grid(labelled, batch, pred, 0.5, 1, unsupervised=("silhouette",))
