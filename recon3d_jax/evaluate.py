@@ -157,8 +157,8 @@ def evaluate_split(model, params, config, source, mesh, threshold: float) -> tup
 
 def unsupervised_heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Prediction heads whose loss weight is 0 in the run (e.g. depth in the `normal` arm)."""
-  weights = losses.arm_weights(config.arm, normal_weight=config.loss.normal_weight,
-                               depth_weight=config.loss.depth_weight)
+  from recon3d_jax import train  # Local: train imports this module.
+  weights = train.loss_weights_for(config)
   return tuple(head for head in visualize.HEAD_COLUMNS if weights[head] == 0)
 
 

@@ -75,7 +75,7 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
   unknown = set(unsupervised) - set(HEAD_COLUMNS)
   if unknown:
     raise ValueError(f"unsupervised={unsupervised!r}: expected heads among {sorted(HEAD_COLUMNS)}")
-  blank = {COLUMNS.index(HEAD_COLUMNS[h]) for h in unsupervised}
+  blank = {HEAD_COLUMNS[h] for h in unsupervised}
   n = min(num_instances, len(batch["image"]))
   fig = plt.figure(figsize=(2.2 * len(COLUMNS), 2.2 * n))
   for i in range(n):
@@ -91,12 +91,12 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
     ]
     for j, panel in enumerate(panels):
       ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + j + 1)
-      if j in blank:
+      if COLUMNS[j] in blank:
         _draw_unsupervised(ax)
         continue
       ax.imshow(panel, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
       ax.set_axis_off()
-    if COLUMNS.index("3D (pred)") in blank:
+    if "3D (pred)" in blank:
       _draw_unsupervised(fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6))
     else:
       ax = fig.add_subplot(n, len(COLUMNS), i * len(COLUMNS) + 6, projection="3d")
