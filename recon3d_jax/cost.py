@@ -1,8 +1,9 @@
-"""Cost of a model (DESIGN.md section 7): parameters, train-step time, inference latency, memory.
+"""Cost of a model (docs/DESIGN.md section 7): parameters, train-step time, inference latency,
+memory.
 
     from recon3d_jax import cost
     cost.measure(config, model, params, mesh)
-    # {'params': 1615110, 'train_step_s': 0.61, 'infer_latency_b1_s': 0.004, ...}
+    # {'params': 1615110, 'train_step_s': ..., 'infer_latency_b1_s': ..., ...}
 
 Timings are wall-clock medians over `repeats` calls after one warm-up call (compilation is done
 before, and not timed), on synthetic inputs of the configured shapes: the cost of a step does not

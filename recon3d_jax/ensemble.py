@@ -4,7 +4,7 @@
 
 Runs of a sweep that differ only in their seed form a cell; each cell's finished runs, sorted by
 seed, are cut into consecutive groups of K (leftovers unused). An ensemble's prediction for an
-instance is the mean of its members' occupancy probabilities (query points and grid) and depth
+instance is the mean of its members' occupancy probabilities (query points, voxels, grid) and depth
 maps, and the renormalised mean of their normal maps. It is evaluated exactly like one run
 (evaluate.instance_metrics), with its occupancy threshold chosen on the validation split from the
 averaged probabilities. Results: DIR/ensembles/<cell>-<g>/eval/{validation,test}.jsonl (rows like
@@ -46,8 +46,8 @@ def groups(sweep_dir: str, members: int) -> list[tuple[str, list[str]]]:
 
 def average(preds: list[dict]) -> dict:
   """Mean of members' `evaluate.predict` outputs; normals renormalised to unit length."""
-  out = {k: np.mean([p[k] for p in preds], axis=0) for k in ("occ_prob", "depth", "grid")
-         if k in preds[0]}
+  out = {k: np.mean([p[k] for p in preds], axis=0)
+         for k in ("occ_prob", "voxel_prob", "depth", "grid") if k in preds[0]}
   normal = np.mean([p["normal"] for p in preds], axis=0)
   out["normal"] = normal / np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-8)
   return out
@@ -55,7 +55,8 @@ def average(preds: list[dict]) -> dict:
 
 def evaluate_ensemble(workdirs: list[str], out_dir: str) -> dict:
   """Evaluates the ensemble of `workdirs` into OUT_DIR/eval; returns the test summary."""
-  from recon3d_jax import evaluate, metrics, sharding  # pylint: disable=import-outside-toplevel
+  from recon3d_jax import (  # pylint: disable=import-outside-toplevel
+      baselines, evaluate, metrics, sharding)
   from recon3d_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh()
   members = [evaluate.load(w, mesh=mesh) for w in workdirs]
@@ -73,12 +74,13 @@ def evaluate_ensemble(workdirs: list[str], out_dir: str) -> dict:
     for batch in pipeline.eval_batches(sources[split], config.eval.batch_size,
                                        config.eval.max_instances):
       yield batch, average([evaluate.predict(m, p, batch, mesh, config.eval.grid_resolution
-                                             if grid else None) for m, p, _ in members])
+                                             if grid else None, config.data.voxel_resolution)
+                            for m, p, _ in members])
 
   probs, labels = [], []
   for batch, pred in predictions("validation", False):
-    probs.extend(pred["occ_prob"])
-    labels.extend(batch["occ_uniform"] > 0)
+    probs.extend(pred["voxel_prob"].reshape(len(pred["voxel_prob"]), -1))
+    labels.extend(baselines.voxel_labels(batch))
   threshold = metrics.select_threshold(probs, labels, list(config.eval.threshold_candidates))
   summary = {"threshold": threshold, "members": workdirs}
   os.makedirs(os.path.join(out_dir, "eval"), exist_ok=True)

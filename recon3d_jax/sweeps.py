@@ -400,8 +400,8 @@ def share_compilation_cache(sweep_dir: str) -> None:
   """Points this process at the sweep's persistent XLA cache; call before JAX is imported.
 
   Runs of a sweep mostly differ in seed, data or loss weights, so many of their programs are
-  identical: a run reuses what an earlier run compiled instead of spending its first minute
-  compiling again (on CPU, compilation is a large share of a small run).
+  identical: a run reuses what an earlier run compiled instead of compiling it again (on CPU,
+  compilation is a large share of a small run).
   """
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(sweep_dir, "jax_cache"))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

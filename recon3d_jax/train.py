@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import grain.python as grain
@@ -20,7 +21,8 @@ from absl import logging
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from recon3d_jax import config_lib, evaluate, losses, models, sharding, weighting, writers
+from recon3d_jax import (config_lib, evaluate, losses, models, sharding, visualize, weighting,
+                         writers)
 from recon3d_jax.data import corrupt, pipeline
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
@@ -237,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   manager = checkpoint_manager(workdir, config)
   start = manager.latest_step() or 0
+  seconds_before = 0.0  # Training seconds of earlier sessions of this run (see below).
   if not start and config.arm == "full" and config.rdep.feature_extraction:
     state = init_encoder_from(state, config.init_from, mesh)
   if start:
@@ -245,13 +248,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state=ocp.args.StandardRestore(abstract),
         data=grain.PyGrainCheckpointRestore(data_iter)))
     state = restored["state"]
-    _truncate_metrics(workdir, start)
+    kept_rows = _truncate_metrics(workdir, start)
+    # The clock continues from the restored step's logged time, so time/train_s stays monotone
+    # and measures the time to reach each step; the seconds after that row up to the crash are
+    # not counted, as their work is redone (the rows that logged it were dropped above).
+    seconds_before = _train_seconds_at(kept_rows, start)
     logging.info("Resumed from step %d.", start)
 
   train_step = jit_train_step(make_train_step(model, tx, loss_weights_for(config),
                                               instance_weighting_for(config)), mesh)
   writer = writers.MetricWriter(workdir)
   pending: list[tuple[int, dict]] = []  # Device-side stats not yet checked / written.
+  loop_start = time.monotonic()
+
+  def train_seconds() -> float:
+    """Cumulative seconds of the training loop over all sessions of this run."""
+    return seconds_before + time.monotonic() - loop_start
 
   # ----------------------------------------------------------------------------- loop
   try:
@@ -270,22 +282,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           _raise_if_not_finite(pending_host, manager)
           if log_now:
             last_step, last = pending_host[-1]
-            writer.write(last_step, {f"train/{k}": v for k, v in last.items()})
+            writer.write(last_step, {**{f"train/{k}": v for k, v in last.items()},
+                                     writers.TRAIN_SECONDS: train_seconds()})
             bar.set_postfix(loss=f"{float(last['loss/total']):.4f}")
         if save_now:
           manager.save(step, args=ocp.args.Composite(
               state=ocp.args.StandardSave(state), data=grain.PyGrainCheckpointSave(data_iter)))
         if _is_time(step, config.eval_every_steps, config.total_steps):
-          writer.write(step, evaluate.validation_losses(model, state["params"], config,
-                                                        sources["validation"], mesh))
+          val = evaluate.validation_losses(model, state["params"], config,
+                                           sources["validation"], mesh)
+          writer.write(step, {**val, writers.TRAIN_SECONDS: train_seconds()})
   finally:
     manager.wait_until_finished()  # Whatever stops the loop, in-flight checkpoints complete.
+  loop_seconds = train_seconds()  # Excludes the final evaluation below.
 
   # ----------------------------------------------------------------------------- final eval
   summary = evaluate.evaluate_and_write(model, state["params"], config, workdir, sources, mesh)
-  writer.write(config.total_steps, {f"test/{k}": v for k, v in summary.items()
-                                    if isinstance(v, (int, float))})
+  writer.write(config.total_steps, {**{f"test/{k}": v for k, v in summary.items()
+                                       if isinstance(v, (int, float))},
+                                    writers.TRAIN_SECONDS: loop_seconds})
   writer.close()
+  visualize.save_learning_curves(os.path.join(workdir, "eval", "learning_curves.png"),
+                                 writers.read_metrics(workdir), arm=config.arm)
   return state
 
 
@@ -297,9 +315,19 @@ def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointM
           f"checkpoint (step {manager.latest_step()}) is kept.")
 
 
-def _truncate_metrics(workdir: str, step: int) -> None:
-  """Drops metric rows after the restored step: the resumed run rewrites them identically."""
+def _truncate_metrics(workdir: str, step: int) -> list[dict]:
+  """Drops metric rows after the restored step: the resumed run rewrites them with the same
+  values (but later times). Returns the rows kept (none if there is no metrics file)."""
   path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    rows = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
-    writers.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  if not os.path.exists(path):
+    return []
+  rows = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
+  writers.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  return rows
+
+
+def _train_seconds_at(rows: list[dict], step: int) -> float:
+  """The latest training time logged at or before `step`: where a resumed run's clock starts.
+  0 if none is logged (a run of older code, whose rows lack the key)."""
+  return max((r[writers.TRAIN_SECONDS] for r in rows
+              if r["step"] <= step and writers.TRAIN_SECONDS in r), default=0.0)

@@ -1,4 +1,5 @@
-"""Pictures of predictions: input, depth and normals (predicted / true), and the 3D shapes."""
+"""Pictures of predictions: input, depth and normals (predicted / true), and the 3D shapes;
+learning curves."""
 from __future__ import annotations
 
 import matplotlib
@@ -8,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
-from recon3d_jax import metrics  # noqa: E402
+from recon3d_jax import metrics, writers  # noqa: E402
 
 COLUMNS = ("input", "depth (pred)", "depth (true)", "normals (pred)", "normals (true)",
            "3D (pred)", "3D (true points)")
@@ -180,6 +181,61 @@ def save_level_grid(path: str, record: dict, targets: dict[str, dict], title: st
   for ax in axes.flat:
     ax.set_axis_off()
   fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+VAL_IOU = "val/iou@0.5"
+LOSS_CURVES = ("train/loss/total", "train/loss/occupancy")
+IOU_LIMITS = (-0.02, 1.02)  # IoU's [0, 1], with room for markers at 0 and 1.
+
+
+def _series(rows: list[dict], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(x, y) of the rows holding both keys as numbers: rows of older runs may lack either."""
+  pairs = [(r[x_key], r[y_key]) for r in rows
+           if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))]
+  return tuple(np.array(pairs, dtype=float).reshape(-1, 2).T)
+
+
+def _note(ax, text: str) -> None:
+  ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="0.4",
+          transform=ax.transAxes)
+
+
+def save_learning_curves(path: str, rows: list[dict], arm: str | None = None) -> None:
+  """Writes a PNG of validation IoU and training losses against the step (left) and validation
+  IoU against training wall time (right), from metrics rows (writers.read_metrics).
+
+  Missing keys are skipped, not errors, so runs of older code (no time/train_s) still plot.
+  Losses get their own axis: their scale has nothing to do with IoU's [0, 1].
+  """
+  fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+  handles = []
+  steps, iou = _series(rows, "step", VAL_IOU)
+  if len(iou):
+    handles += by_step.plot(steps, iou, "o-", color="C0", label="val IoU@0.5")
+  by_step.set(xlabel="step", ylabel="validation IoU@0.5", ylim=IOU_LIMITS, title="against step")
+  loss_ax = by_step.twinx()
+  for i, key in enumerate(LOSS_CURVES):
+    steps, loss = _series(rows, "step", key)
+    if len(loss):
+      handles += loss_ax.plot(steps, loss, color=f"C{i + 1}", label=key)
+  loss_ax.set_ylabel("training loss")
+  if handles:
+    by_step.legend(handles=handles, loc="upper right", fontsize=8)
+  else:
+    _note(by_step, "no validation IoU or training loss logged")
+
+  seconds, iou = _series(rows, writers.TRAIN_SECONDS, VAL_IOU)
+  if len(iou):
+    by_time.plot(seconds / 60, iou, "o-", color="C0", label="val IoU@0.5")
+    by_time.legend(loc="lower right", fontsize=8)
+  else:
+    _note(by_time, f"no validation rows with {writers.TRAIN_SECONDS}")
+  by_time.set(xlabel="training wall time (min)", ylabel="validation IoU@0.5", ylim=IOU_LIMITS,
+              title="against wall time")
+  fig.suptitle(f"learning curves: arm={arm}" if arm else "learning curves", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)

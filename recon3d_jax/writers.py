@@ -10,6 +10,10 @@ import numpy as np
 import tensorboardX
 from absl import logging
 
+# Key of the cumulative seconds of the training loop (evaluation after training excluded) that
+# train.py adds to each metrics row: learning curves against wall time read it.
+TRAIN_SECONDS = "time/train_s"
+
 
 def setup_logging() -> None:
   """INFO logs, minus Orbax's per-checkpoint chatter (its warnings and errors stay)."""

@@ -86,6 +86,7 @@ def test_build_is_idempotent(tmp_path):
     build.dataset_specs("primitives", "30", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_interrupted_build_never_loads_as_complete(tmp_path):
   """SIGKILL mid-build: the dataset the command was building is not prepared."""
   data_dir = tmp_path / "data"

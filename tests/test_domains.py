@@ -185,6 +185,7 @@ def _samples(domain, seed=0):
       keys, domain=domain, variant=variants.VARIANTS[variant], families=ids, **SIZES))
 
 
+@pytest.mark.slow
 def test_every_domain_has_the_same_fields():
   expected = {k: (v.shape, v.dtype) for k, v in _samples("primitives").items()}
   assert expected["image"] == ((NUM_KEYS, 32, 32, 3), np.uint8)
@@ -196,7 +197,8 @@ def test_every_domain_has_the_same_fields():
       assert np.all(np.isfinite(v))
 
 
-@pytest.mark.parametrize("domain", list(CASES))
+@pytest.mark.parametrize("domain", [
+    d if d == "primitives" else pytest.param(d, marks=pytest.mark.slow) for d in CASES])
 def test_samples_are_deterministic_and_distinct(domain):
   again = jax.device_get(synth.generate_batch(
       synth.sample_keys(0, "train", jnp.arange(NUM_KEYS)), domain=domain,
@@ -214,6 +216,7 @@ def test_samples_are_deterministic_and_distinct(domain):
   assert np.all(mask.any((1, 2))) and not np.any(mask.all((1, 2)))
 
 
+@pytest.mark.slow
 def test_family_filter():
   assert set(_samples("primitives")["kind"]) <= {1, 3, 5}
   assert set(_samples("compounds")["kind"]) <= {0, 3}
@@ -228,6 +231,7 @@ def test_family_filter():
                          variant=variants.Variant(), families=None, **SIZES)
 
 
+@pytest.mark.slow
 def test_variants_reach_the_samples():
   white = _samples("primitives")
   background = white["mask"] == 0

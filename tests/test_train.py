@@ -25,10 +25,19 @@ def uninterrupted(tiny_config, tmp_path_factory):
   return workdir, train.train_and_evaluate(tiny_config, workdir)
 
 
+def _assert_train_seconds_monotone(rows):
+  """Every metrics row carries the cumulative training time, never going back."""
+  seconds = [r[writers.TRAIN_SECONDS] for r in rows]
+  assert seconds[0] >= 0 and seconds == sorted(seconds)
+
+
+@pytest.mark.slow
 def test_run_writes_logs_checkpoints_and_evaluation(uninterrupted, tiny_config):
   workdir, state = uninterrupted
   assert int(state["step"]) == tiny_config.total_steps
   rows = writers.read_metrics(workdir)
+  _assert_train_seconds_monotone(rows)
+  assert os.path.getsize(os.path.join(workdir, "eval", "learning_curves.png")) > 10_000
   train_steps = [r["step"] for r in rows if "train/loss/total" in r]
   assert train_steps == list(range(2, tiny_config.total_steps + 1, 2))
   assert any("val/iou@0.5" in r for r in rows)
@@ -48,6 +57,10 @@ def test_run_writes_logs_checkpoints_and_evaluation(uninterrupted, tiny_config):
     summary = json.load(f)
   assert summary["threshold"] in tiny_config.eval.threshold_candidates
   assert summary["test"]["num_instances"] == 8
+  # The recognition baselines' test means sit beside the model's, their rows in their own file.
+  assert summary["baselines"]["retrieval"]["num_instances"] == 8
+  with open(os.path.join(workdir, "eval", "baselines_test.jsonl")) as f:
+    assert len(f.readlines()) == 3 * 8
 
 
 @pytest.mark.slow
@@ -73,6 +86,7 @@ def test_full_arm_with_voxel_decoder_end_to_end(uninterrupted, tiny_config, tmp_
     assert all(np.isfinite(v) for v in r.values()) and 0 <= r["ece"] <= 1
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_config, tmp_path,
                                                          monkeypatch):
   workdir_a, state_a = uninterrupted
@@ -97,6 +111,8 @@ def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_con
   loss = lambda w: [(r["step"], r["train/loss/total"]) for r in writers.read_metrics(w)
                     if "train/loss/total" in r]
   assert loss(workdir) == loss(workdir_a)
+  # Its clock continued from the restored step: training time stays monotone over the restart.
+  _assert_train_seconds_monotone(writers.read_metrics(workdir))
 
 
 def test_one_and_eight_devices_give_the_same_step(tiny_config):
@@ -167,6 +183,7 @@ def test_unwritable_workdir(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(blocker / "run"))
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(uninterrupted, tiny_config):
   workdir, _ = uninterrupted
   other = _copy(tiny_config, **{"model.encoder_width": 16})

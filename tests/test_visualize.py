@@ -1,4 +1,5 @@
-"""Prediction pictures: an unsupervised head's column says so instead of showing its output."""
+"""Prediction pictures: an unsupervised head's column says so instead of showing its output.
+Learning curves: drawn from metrics rows, also rows of older runs that lack keys."""
 import matplotlib.image
 import numpy as np
 import pytest
@@ -46,3 +47,45 @@ def test_unsupervised_heads_are_labelled_not_drawn(tmp_path):
   assert _coloured_fraction(labelled, mesh) == 0.0
   with pytest.raises(ValueError, match="unsupervised=.*silhouette"):
     visualize.save_prediction_grid(labelled, batch, pred, 0.5, 1, unsupervised=("silhouette",))
+
+
+def _metrics_rows(with_time=True, with_val=True):
+  """Rows as train.py writes them: train rows every 2 steps, val rows every 10, a test row."""
+  rows = []
+  for step in range(2, 41, 2):
+    seconds = {"time/train_s": 3.0 * step} if with_time else {}
+    rows.append({"step": step, "train/loss/total": 2.0 / step, "train/loss/occupancy": 1.0 / step,
+                 **seconds})
+    if with_val and step % 10 == 0:
+      rows.append({"step": step, "val/loss/total": 1.0 / step, "val/iou@0.5": step / 50,
+                   **seconds})
+  rows.append({"step": 40, "test/iou": 0.7})
+  return rows
+
+
+def _saturated_fraction(png, left):
+  """Fraction of coloured (non-grey) pixels in the left or right half: drawn curves."""
+  image = matplotlib.image.imread(png)[..., :3]
+  half = image[:, :image.shape[1] // 2] if left else image[:, image.shape[1] // 2:]
+  return np.mean(half.max(-1) - half.min(-1) > 0.2)
+
+
+def test_learning_curves_against_step_and_wall_time(tmp_path):
+  path = str(tmp_path / "curves.png")
+  visualize.save_learning_curves(path, _metrics_rows(), arm="normal")
+  image = matplotlib.image.imread(path)
+  assert image.shape[1] > 1.5 * image.shape[0] > 300  # Two panels side by side.
+  assert _saturated_fraction(path, left=True) > 0.002
+  assert _saturated_fraction(path, left=False) > 0.002
+
+
+def test_learning_curves_skip_missing_keys(tmp_path):
+  path = str(tmp_path / "curves.png")
+  visualize.save_learning_curves(path, _metrics_rows(with_time=False))  # Older run: no time.
+  assert _saturated_fraction(path, left=True) > 0.002
+  assert _saturated_fraction(path, left=False) == 0.0
+  visualize.save_learning_curves(path, _metrics_rows(with_val=False))  # Losses only.
+  assert _saturated_fraction(path, left=True) > 0.002
+  assert _saturated_fraction(path, left=False) == 0.0
+  visualize.save_learning_curves(path, [{"step": 0}, {"step": 2, "train/loss/total": None}])
+  assert _saturated_fraction(path, left=True) == 0.0

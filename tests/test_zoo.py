@@ -25,6 +25,8 @@ SHALLOW = dict(vit_ti=dict(depth=4), vit_s=dict(depth=4), vit_b=dict(depth=4),
                hybrid_s=dict(depth=2), hybrid_m=dict(stage_sizes=(1, 1, 1), depth=2),
                hybrid_l=dict(stage_sizes=(1, 1, 1), depth=2))
 FAST_COMPILE = dict(xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True)
+# 18 compilations: slow (run by `make test`, skipped by `make test-fast`).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')

@@ -1,9 +1,9 @@
-"""Settings shared by the study configs (DESIGN.md section 6): one config per table.
+"""Settings shared by the study configs (docs/DESIGN.md section 6): one config per table.
 
 Every study config declares, before any run:
 - `get_config(arg)`: the base config; `sweep(arg)`: dicts of dotted-key overrides, one per run.
 - `PRIMARY_METRIC`: the per-instance metric the report calls "F1": F@tau with tau = 0.02
-  (unit-cube units, DESIGN.md section 7). Precision/recall are precision@tau/recall@tau.
+  (unit-cube units, docs/DESIGN.md section 7). Precision/recall are precision@tau/recall@tau.
 - `BASELINE_ARM` / `OURS_ARM`: the two arms the report compares (vanilla vs full, 3D-R-DEP).
 
 Arguments (`configs/study/main.py:runlocal,seeds=2`):

@@ -1,6 +1,6 @@
 """Table 3: the metric by supervision level, normals against depth (the study's question).
 
-At each of the five levels of 2.5D label quality (DESIGN.md section 5; depth and normal noise
+At each of the five levels of 2.5D label quality (docs/DESIGN.md section 5; depth and normal noise
 calibrated to matched difficulty), the `depth` arm is the baseline and the `normal` arm is
 compared with it, paired by seed: the table gives both, their gap, Cohen's d_z and, per arm, the
 correlation of level with the metric. The full scale also runs `both` and `full` (3D-R-DEP) at

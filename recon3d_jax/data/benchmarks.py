@@ -1,4 +1,5 @@
-"""The named benchmark suite: domain x appearance/viewpoint variant x split (DESIGN.md section 4).
+"""The named benchmark suite: domain x appearance/viewpoint variant x split (docs/DESIGN.md
+section 4).
 
 A benchmark name picks what is rendered; `config.data.image_size` picks the resolution. Every
 benchmark at 64 and 128 px with the default sizes below is a registered TFDS builder config named
@@ -22,7 +23,8 @@ from recon3d_jax.data import variants
 
 DOMAIN_NAMES = ("primitives", "compounds", "organic", "meshes")
 REGISTERED_IMAGE_SIZES = (64, 128)
-# Sizes of a registered benchmark (DESIGN.md: the default training set has 10k samples).
+# Sizes of a registered benchmark (docs/DESIGN.md section 4): the default training set has 10k
+# samples.
 DEFAULT_SIZES = dict(num_train=10000, num_validation=500, num_test=1000,
                      num_surface_points=2048, num_uniform_points=2048, num_near_points=2048,
                      voxel_resolution=32)

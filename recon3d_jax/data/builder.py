@@ -39,8 +39,8 @@ GENERATION_CHUNK = 32  # Samples rendered per jitted call (padded to it: one com
 # enough that every family fills its synth.FAMILY_BATCH calls; not padded.
 FAMILY_CHUNK = 256
 # Chunks rendered at once in worker threads (XLA releases the GIL). One compiled sample program
-# leaves part of this machine's 2 cores idle; two in flight rendered 1.10-1.15x as many samples
-# per second (benchmarks/render_throughput.py: `value` against `one_thread`).
+# leaves part of a 2-core CPU idle; two in flight render more samples per second
+# (benchmarks/render_throughput.py: `value` against `one_thread`; see benchmarks/RESULTS.md).
 RENDER_THREADS = 2
 # The 25 real meshes shipped with the repository (see assets/meshes/README.md).
 BUNDLED_MESH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "assets",
@@ -123,8 +123,8 @@ def mesh_folder_digest(mesh_dir: str) -> str:
 
 def _tensor(shape, dtype, compress=True):
   """A fixed-shape array feature. Images, masks and voxels compress 5-50x with zlib; random
-  float32 point coordinates by 8%, at 0.6 ms per array (two thirds of a record's encoding), so
-  those are stored as raw bytes."""
+  float32 point coordinates by only 8%, for most of a record's encoding time, so those are
+  stored as raw bytes (the build's time: benchmarks/RESULTS.md)."""
   encoding = tfds.features.Encoding.ZLIB if compress else tfds.features.Encoding.BYTES
   return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=encoding)
 

@@ -1,4 +1,5 @@
-"""Supervision-quality levels: corrupted depth and normal training targets (DESIGN.md section 5).
+"""Supervision-quality levels: corrupted depth and normal training targets (docs/DESIGN.md
+section 5).
 
 Real 2.5D labels come from estimators and sensors, so the study's independent variable is the
 quality of the depth / normal *training targets*. A level corrupts one instance's targets on the

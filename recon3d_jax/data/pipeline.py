@@ -8,7 +8,7 @@ Training batches (per process, B = global batch / process count, M = points_per_
   occ (B,M) float32 inside/outside labels; voxels (B,R,R,R) uint8 [x,y,z] occupancy grid;
   depth_clean, normal_clean: the uncorrupted maps (inputs of the `oracle` arm only);
   index (B,) instance index in its split.
-Only the training depth/normal targets are corrupted (DESIGN.md section 5); input images and
+Only the training depth/normal targets are corrupted (docs/DESIGN.md section 5); input images and
 every evaluation target stay clean. An instance's depth and normal targets come from one
 simulated 2.5D acquisition: they share their holes and bias direction (the same random draws),
 as maps from one sensor or estimator do; `both` then sees one consistent label pair.

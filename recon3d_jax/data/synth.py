@@ -25,8 +25,8 @@ from recon3d_jax.geometry import families as families_lib
 CAMERA_DISTANCE = 2.2
 FOV_DEG = 45.0
 # Instances per compiled call when a batch is rendered family by family (generate_batch), and
-# calls made at once in threads: compiling the eight primitive programs took 88 s one at a
-# time and 68 s two at a time (XLA compiles and runs outside the GIL).
+# calls made at once in threads: two at a time compile the eight primitive programs faster
+# than one at a time (XLA compiles and runs outside the GIL; benchmarks/RESULTS.md).
 FAMILY_BATCH = 16
 FAMILY_THREADS = 2
 
@@ -102,7 +102,8 @@ def generate_batch(keys: jax.Array, *, domain: str, variant: variants.Variant,
   Where a domain's SDF kinds follow from the family (primitives), the keys are rendered family
   by family in calls of FAMILY_BATCH (the last one padded), so each family compiles once and
   evaluates one SDF kind: under vmap a switch over kinds evaluates every kind at every point,
-  which made a batch of primitives about 10x slower. Pass many keys (builder.FAMILY_CHUNK) so
+  which made a batch of primitives many times slower (benchmarks/render_throughput.py;
+  benchmarks/RESULTS.md). Pass many keys (builder.FAMILY_CHUNK) so
   that the groups fill their calls; FAMILY_THREADS calls run at once. Instance i's sample
   depends only on keys[i] either way.
   """

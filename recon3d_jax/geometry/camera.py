@@ -1,6 +1,6 @@
 """Pinhole cameras looking at the origin, and their pixel rays.
 
-Conventions (DESIGN.md section 3):
+Conventions (docs/DESIGN.md section 3):
   * World frame: right-handed, +y up; shapes are normalised into the unit cube.
   * The eye sits at azimuth/elevation (radians) on a sphere of radius `distance`
     around the origin: azimuth 0, elevation 0 puts it on the +z axis; positive

@@ -27,8 +27,8 @@ def running_sum(values):
   """(n,) float32 -> (n,) inclusive running sums, exact for integer counts below 2^24.
 
   Running sums per block (_block_sums) plus the running sum of the block
-  totals (recursively). XLA's CPU cumsum (an associative scan) was 5x slower,
-  about 0.15 ms per sample per call here.
+  totals (recursively). XLA's CPU cumsum (an associative scan) was several
+  times slower (benchmarks/RESULTS.md, "Figures behind code comments").
   """
   n = values.shape[0]
   within = _block_sums(values)
@@ -92,14 +92,15 @@ def true_first(mask, k: int):
 
   A permutation by running counts and one scatter of n entries: for the
   surface sampler's sizes (k from n / 8 to n, n up to 49,152, vmapped batches
-  of 16-32) 1.5-4x cheaper on CPU than k selects.
+  of 16-32) cheaper on CPU than k selects (benchmarks/RESULTS.md).
   """
   n = mask.shape[0]
   count = running_count(mask)
   # The mask read back from its counts: where the mask itself was used here,
   # XLA fused its producer (a compound's whole SDF for the surface sampler's
   # candidates) into this index computation and evaluated it again, there
-  # unvectorised: 1.1 ms per compound, a sixth of its ground truth.
+  # unvectorised: a large share of a compound's ground truth (found with
+  # benchmarks/profile_samples.py; figures in benchmarks/RESULTS.md).
   is_true = count > jnp.pad(count[:-1], (1, 0))
   position = jnp.where(is_true, count - 1, count[-1] + jnp.arange(n) - count)
   order = jnp.zeros(n, jnp.int32).at[position].set(jnp.arange(n, dtype=jnp.int32),

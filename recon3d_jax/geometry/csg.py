@@ -114,7 +114,8 @@ def _combine(op, k, a, b, ga=None, gb=None):
 def csg_sdf(c: Csg, points):
   """Signed distance bound (negative inside) at (..., 3) points -> (...,)."""
   # Parts unrolled: vmapped over parts, the fold below made XLA on CPU
-  # evaluate the parts' SDFs ~2.3x over (compiling takes longer unrolled).
+  # evaluate the parts' SDFs more than once (compiling takes longer unrolled;
+  # benchmarks/RESULTS.md, "Figures behind code comments").
   d_all = [sdf_lib.shape_sdf(part(c, i), points, c.kinds) for i in range(c.num_parts)]
   d = d_all[0]
   for i in range(1, c.num_parts):

@@ -42,8 +42,9 @@ def _hash_uniform(key, shape):
   hashed (two rounds of the 'lowbias32' integer mixer, one per seed word) with
   a 64-bit seed drawn from `key`.
 
-  jax.random's threefry took 1.3 ms per sample for the surface candidates'
-  bits on CPU, over half of a primitive's whole ground truth; this takes 0.2.
+  jax.random's threefry, for the surface candidates' bits on CPU, took over
+  half of a primitive's whole ground truth; this is several times cheaper
+  (benchmarks/render_throughput.py; figures in benchmarks/RESULTS.md).
   Sampling positions needs uniformity and independence, not cryptographic
   strength.
   """

@@ -2,7 +2,7 @@
 
 A mesh is a triangle soup `triangles` (F, 3, 3): F faces, 3 vertices, xyz, wound
 counter-clockwise seen from outside (outward normals), closed (watertight).
-Conventions are those of DESIGN.md section 3 (see camera.py): depth is z-depth
+Conventions are those of docs/DESIGN.md section 3 (see camera.py): depth is z-depth
 along the optical axis, normals are unit outward face normals in the OpenCV
 camera frame, background pixels have depth 0 and normal 0.
 
@@ -175,7 +175,8 @@ def _ray_hits(origin, directions, tri):
   rel = tri - origin  # A, B, C relative to the eye.
   a, b, c = rel[..., 0, :], rel[..., 1, :], rel[..., 2, :]
   edges = (jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b))
-  # Per (ray, face) pair; vec.dot, not a sum over a size-3 axis (27x slower on CPU).
+  # Per (ray, face) pair; vec.dot, not a sum over a size-3 axis (far slower on CPU;
+  # benchmarks/mesh_render.py, benchmarks/RESULTS.md).
   w0, w1, w2 = (vec.dot(directions, e) for e in edges)
   proper = jnp.any(face_cross(tri) != 0, axis=-1)  # False for the padding.
   det = jnp.where(proper, w0 + w1 + w2, 0.0)  # d . N
@@ -517,7 +518,7 @@ def contains(triangles, points, chunk_size: int = CHUNK_SIZE,
   """Inside test of points in a closed mesh by ray parity.
 
   A point is inside iff a ray from it crosses the mesh an odd number of times;
-  rays go along +x, +y and +z and the majority of the three decides. (About 10x
+  rays go along +x, +y and +z and the majority of the three decides. (Much
   cheaper than generalised winding numbers, which need an arctan per pair.)
   Per axis, the binned fast path, or the tiled slow path when its pairs
   overflow their budgets of pairs_per_item * (F + cells) and

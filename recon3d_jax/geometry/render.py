@@ -1,6 +1,6 @@
 """Sphere tracing of SDFs and shaded rendering of primitives and compounds.
 
-Conventions (DESIGN.md section 3, see camera.py): depth is z-depth along the
+Conventions (docs/DESIGN.md section 3, see camera.py): depth is z-depth along the
 optical axis (not ray length), normals are unit outward vectors in the OpenCV
 camera frame (+x right, +y down, +z forward; visible surfaces have n_z < 0).
 Background pixels have depth 0 and normal 0.
@@ -27,7 +27,8 @@ TRACE_STAGES = ((8, 8), (8, 16), (16, 32), (32, 64))
 # A single primitive of one kind is cheap enough per evaluation that the
 # compaction's bookkeeping is not worth it: sphere_trace_dense marches every
 # ray for this many steps, in the image's (H, W) layout (flattened to (H W,),
-# the same loop took 1.4 instead of 0.53 ms per box, vmapped over 16).
+# the same loop was much slower; figures in benchmarks/RESULTS.md, "Figures
+# behind code comments").
 DENSE_TRACE_STEPS = 64
 # Newton refinement: steps, forward-difference step for the slope, and where it
 # is trusted (non-grazing slope, short jump).

@@ -1,6 +1,6 @@
 """Signed distance functions of analytic primitives, and random primitives.
 
-Conventions (DESIGN.md section 3):
+Conventions (docs/DESIGN.md section 3):
   * World frame: right-handed, +y up. `normalize_shape` maps a shape into the
     unit cube: axis-aligned bounding box with longest side exactly 1, centred at
     the origin.
@@ -80,7 +80,7 @@ def make_shape(kind, params, rotation=None, scale=1.0, translation=None) -> Shap
 
 # ----------------------------------------------------------------- helpers
 # The SDFs work on coordinate components (each (...,)) rather than (..., 3)
-# arrays: XLA on CPU vectorises elementwise code far better (about 7x here).
+# arrays: XLA on CPU vectorises elementwise code far better (see vec.py).
 
 
 def _box_sdf_and_grad(q, b):
@@ -152,7 +152,8 @@ def _cylinder(p, params):
 # sphere scaled by a = 1 / radii, m = min(radii): a 1-Lipschitz bound (|p / r|
 # is a norm with Lipschitz constant 1 / min(r)), zero exactly on the surface
 # and with its gradient normal there, instead of the exact distance, whose
-# Newton steps were half of a compound's ground-truth time. Under vmap that is
+# Newton steps dominated a compound's ground-truth time (benchmarks/RESULTS.md,
+# "Figures behind code comments"). Under vmap that is
 # one evaluation instead of seven; alone, each kind's own formula is faster.
 # Its parameters (10,): revolved (0 or 1), b (3), c, r, a (3), m.
 _NO_EXTENT = 1e6
@@ -421,7 +422,8 @@ def _local_components(shape: Shape, points):
 
 
 # Closed-form gradients, (value, (d/dx, d/dy, d/dz)), of the SDFs the CSG
-# domains evaluate most; autodiff of these cost 5-7x their value on CPU.
+# domains evaluate most; autodiff of these cost several times their value on
+# CPU (benchmarks/render_throughput.py; benchmarks/RESULTS.md).
 _WITH_GRAD = {_rounded_profile: _rounded_profile_and_grad, _cone: _cone_and_grad,
               _superquadric: _superquadric_and_grad}
 
@@ -432,7 +434,8 @@ def _local_sdf_and_grad(p, params, sdf_fn):
 
   In closed form where _WITH_GRAD has it, else by autodiff. By component,
   stacked, and behind an optimisation barrier: gradients as (..., 3) arrays,
-  or left to XLA to fuse into their uses, ran 5-40x slower on CPU."""
+  or left to XLA to fuse into their uses, ran much slower on CPU
+  (benchmarks/RESULTS.md, "Figures behind code comments")."""
   if sdf_fn in _WITH_GRAD:
     d, grad = _WITH_GRAD[sdf_fn](p, params)
   else:
@@ -458,7 +461,7 @@ def shape_sdf(shape: Shape, points, kinds=ALL_KINDS):
 def shape_sdf_and_grad(shape: Shape, points, kinds=ALL_KINDS):
   """shape_sdf and its world-frame gradient: (..., 3) -> ((...,), (..., 3)).
 
-  Differentiates inside each branch, which compiles about twice as fast as
+  Differentiates inside each branch, which compiles faster than
   differentiating through lax.switch.
   """
   table = _sdf_table(kinds)

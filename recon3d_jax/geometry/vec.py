@@ -2,9 +2,9 @@
 
 XLA on CPU runs `points @ rotation` with a (3, 3) rotation, and sums or
 reductions over a trailing axis of size 3, as tiny batched dots and
-reductions that do not fuse with the surrounding elementwise code: measured
-about 30x (matmul) and 6x (sum) slower per point than the same arithmetic
-written as three broadcast products, which fuse into one vectorised loop.
+reductions that do not fuse with the surrounding elementwise code: many times
+slower per point than the same arithmetic written as three broadcast products,
+which fuse into one vectorised loop (figures in benchmarks/RESULTS.md).
 The geometry evaluates these per point, millions of times per sample.
 """
 import jax.numpy as jnp

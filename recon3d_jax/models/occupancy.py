@@ -8,7 +8,8 @@ def _per_point(dense: nn.Dense, x: jax.Array) -> jax.Array:
   """dense applied to (B,M,F) as one (B*M,F) matrix product -> (B,M,D).
 
   The same result as dense(x), but XLA on CPU runs the backward pass of a dot with two batch-like
-  contracting dimensions (B and M, for the kernel's gradient) about 1.3x slower than the 2-D one.
+  contracting dimensions (B and M, for the kernel's gradient) slower than the 2-D one
+  (benchmarks/torch_peer.py; figures in benchmarks/RESULTS.md).
   """
   return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], dense.features)
 
