@@ -2,17 +2,28 @@
 
     python -m recon3d_jax.evaluate --workdir=DIR              # re-evaluates a trained run
     python -m recon3d_jax.evaluate --workdir=DIR --untrained  # same config, initial parameters
+    python -m recon3d_jax.evaluate --workdir=DIR --baselines_only  # only the baselines, no model
+    python -m recon3d_jax.evaluate --baselines_only --config=configs/default.py --out=DIR
 
     from recon3d_jax import evaluate
     model, params, config = evaluate.load("DIR")
 
-Protocol (DESIGN.md section 7): the occupancy threshold - used for IoU and as the marching-cubes
-level - is chosen on the validation split only, by mean IoU over config.eval.threshold_candidates.
-Each instance's occupancy is then evaluated on a grid of eval.grid_resolution^3 points spanning
+Protocol (docs/DESIGN.md section 7): the occupancy threshold - used for IoU and as the
+marching-cubes level - is chosen on the validation split only, by mean IoU over
+config.eval.threshold_candidates.
+`iou`, `accuracy` and `ece` are measured at the R^3 voxel centres of the unit cube
+(R = config.data.voxel_resolution, centres (arange(R) + 0.5) / R - 0.5 per axis) against the
+record's stored `voxels`, the exact occupancy there. Objects are normalised into the unit cube,
+so the rest of the 1.1 box is empty for every shape: `iou` is a regular-grid estimate of the
+volumetric IoU with exact labels, on the same points for every model and for the recognition
+baselines (recon3d_jax/baselines.py), which may predict any training shape. (The training-time
+val/iou@0.5 stays at the stored uniform query points of the 1.1 box.)
+Each instance's occupancy is also evaluated on a grid of eval.grid_resolution^3 points spanning
 the 1.1 box, meshed by marching cubes, and eval.num_pred_points area-uniform samples of the mesh
 are compared with the stored ground-truth surface samples. Results: WORKDIR/eval/<split>.jsonl
-(one row per instance, keyed by its dataset index so arms can be paired), eval/summary.json,
-and eval/<split>.png.
+(one row per instance, keyed by its dataset index so arms can be paired), eval/summary.json
+(means per split, the threshold, and under "baselines" the baselines' test means),
+eval/baselines_test.jsonl (the baselines' rows) and eval/<split>.png.
 """
 from __future__ import annotations
 
@@ -27,11 +38,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-from recon3d_jax import config_lib, losses, metrics, models, sharding, visualize, writers
+from recon3d_jax import baselines, config_lib, losses, metrics, models, sharding, visualize, writers
 from recon3d_jax.data import pipeline
 
-GRID_CHUNK = 8192  # Query points per decoder call when filling the occupancy grid.
+GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (grid, voxel centres).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,13 +54,23 @@ def _forward(model):
   return jax.jit(lambda params, images, points: model.apply({"params": params}, images, points))
 
 
-@functools.lru_cache(maxsize=None)
-def _grid_probs(model, resolution: int):
-  """Returns fn(params, images (B,H,W,3)) -> occupancy probabilities (B,R,R,R) on the grid."""
-  axis = np.linspace(-metrics.BOX_SIZE / 2, metrics.BOX_SIZE / 2, resolution, dtype=np.float32)
-  grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-  pad = -len(grid) % GRID_CHUNK
-  chunks = np.pad(grid, ((0, pad), (0, 0))).reshape(-1, GRID_CHUNK, 3)
+def _lattice(axis: np.ndarray) -> np.ndarray:
+  """(R,) coordinates -> (R,R,R,3) points, indexed [x,y,z] like the dataset's voxels."""
+  return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+
+
+def voxel_centres(resolution: int) -> np.ndarray:
+  """(R,R,R,3) float32 voxel centres of the unit cube, where the records' `voxels` are exact."""
+  return _lattice((np.arange(resolution, dtype=np.float32) + 0.5) / resolution - 0.5)
+
+
+def _probs_at(model, points: np.ndarray):
+  """Returns fn(params, images (B,H,W,C)) -> (B, *points.shape[:-1]) occupancy probabilities at
+  the fixed `points` (...,3). Encodes once, then decodes GRID_CHUNK points per step
+  (jax.lax.map), so memory stays bounded however many points there are."""
+  flat = points.reshape(-1, 3)
+  pad = -len(flat) % GRID_CHUNK
+  chunks = np.pad(flat, ((0, pad), (0, 0))).reshape(-1, GRID_CHUNK, 3)
 
   @jax.jit
   def fn(params, images):
@@ -56,23 +78,40 @@ def _grid_probs(model, resolution: int):
     batch_size = images.shape[0]
 
     def decode(chunk):
-      points = jnp.broadcast_to(chunk, (batch_size,) + chunk.shape)
-      return model.apply({"params": params}, latent, points, method=type(model).decode_occupancy)
+      chunk_points = jnp.broadcast_to(chunk, (batch_size,) + chunk.shape)
+      return model.apply({"params": params}, latent, chunk_points,
+                         method=type(model).decode_occupancy)
 
     logits = jax.lax.map(decode, chunks)  # (num_chunks, B, GRID_CHUNK)
-    logits = jnp.moveaxis(logits, 1, 0).reshape(batch_size, -1)[:, :len(grid)]
-    return jax.nn.sigmoid(logits).reshape((-1,) + (resolution,) * 3)
+    logits = jnp.moveaxis(logits, 1, 0).reshape(batch_size, -1)[:, :len(flat)]
+    return jax.nn.sigmoid(logits).reshape((batch_size,) + points.shape[:-1])
 
   return fn
 
 
-def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None) -> dict:
+@functools.lru_cache(maxsize=None)
+def _grid_probs(model, resolution: int):
+  """Returns fn(params, images (B,H,W,3)) -> occupancy probabilities (B,R,R,R) on the grid."""
+  axis = np.linspace(-metrics.BOX_SIZE / 2, metrics.BOX_SIZE / 2, resolution, dtype=np.float32)
+  return _probs_at(model, _lattice(axis))
+
+
+@functools.lru_cache(maxsize=None)
+def _voxel_probs(model, resolution: int):
+  """Returns fn(params, images (B,H,W,3)) -> occupancy probabilities (B,R,R,R) at the voxel
+  centres (`voxel_centres`), the points of the final IoU/accuracy/ECE."""
+  return _probs_at(model, voxel_centres(resolution))
+
+
+def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None,
+            voxel_resolution: int | None = None) -> dict:
   """Model outputs for an eval batch on the mesh, as numpy, padding removed.
 
   Returns depth, normal, mask_logits (B,H,W[,3]), occ_logits and occ_prob (B,Mu) at
   batch["points_uniform"], voxel_logits (B,R,R,R) for the voxel decoder and, if
-  grid_resolution is given, grid (B,R,R,R) occupancy probabilities. The oracle's input maps are
-  the batch's (clean) depth and normals.
+  grid_resolution is given, grid (B,R,R,R) occupancy probabilities on the 1.1 box's grid; if
+  voxel_resolution is given, voxel_prob (B,R,R,R) at the voxel centres (like batch["voxels"]).
+  The oracle's input maps are the batch's (clean) depth and normals.
   """
   images = np.asarray(models.input_images(batch, model.input_maps, model.depth_offset))
   padded, n = sharding.pad_batch({"image": images, "points": batch["points_uniform"]}, mesh.size)
@@ -84,6 +123,8 @@ def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None
     result["voxel_logits"] = out["voxel_logits"]
   if grid_resolution:
     result["grid"] = _grid_probs(model, grid_resolution)(params, sharded["image"])
+  if voxel_resolution:
+    result["voxel_prob"] = _voxel_probs(model, voxel_resolution)(params, sharded["image"])
   return {k: np.asarray(v)[:n] for k, v in result.items()}
 
 
@@ -93,7 +134,8 @@ def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None
 def validation_losses(model, params, config: ml_collections.ConfigDict, source, mesh) -> dict:
   """Mean loss terms (all arms' terms, unweighted) and IoU@0.5 over the validation split."""
   rows = []
-  for batch, pred in _split_predictions(model, params, config, source, mesh, grid=False):
+  for batch, pred in _split_predictions(model, params, config, source, mesh, grid=False,
+                                        voxels=False):
     occ = batch["occ_uniform"].astype(np.float32)
     terms = losses.loss_terms(pred, dict(occ=occ, depth=batch["depth"], normal=batch["normal"],
                                          mask=batch["mask"], voxels=batch["voxels"]))
@@ -109,10 +151,12 @@ def validation_losses(model, params, config: ml_collections.ConfigDict, source, 
 # ---------------------------------------------------------------------------------------------
 def instance_metrics(pred: dict, example: dict, threshold: float, num_pred_points: int,
                      rng: np.random.Generator) -> dict:
-  """All metrics of one instance. pred: outputs of `predict` for it; example: its record."""
-  labels = example["occ_uniform"] > 0
-  row = dict(metrics.occupancy_metrics(pred["occ_prob"], labels, threshold))
-  row["ece"] = metrics.expected_calibration_error(pred["occ_prob"], labels)
+  """All metrics of one instance. pred: outputs of `predict` for it (voxel_prob and grid
+  included); example: its record. Occupancy metrics at the voxel centres (module docstring)."""
+  labels = np.asarray(example["voxels"]).ravel() > 0
+  probs = np.asarray(pred["voxel_prob"]).ravel()
+  row = dict(metrics.occupancy_metrics(probs, labels, threshold))
+  row["ece"] = metrics.expected_calibration_error(probs, labels)
   vertices, faces = metrics.mesh_from_occupancy(pred["grid"], threshold)
   points, normals = metrics.sample_surface(vertices, faces, num_pred_points, rng)
   row.update(metrics.pointcloud_metrics(points, normals, example["surface_points"],
@@ -123,26 +167,31 @@ def instance_metrics(pred: dict, example: dict, threshold: float, num_pred_point
   return row
 
 
-def _split_predictions(model, params, config, source, mesh, grid: bool):
-  """Yields (batch, predictions) over the split's first eval.max_instances instances."""
+def _split_predictions(model, params, config, source, mesh, grid: bool, voxels: bool):
+  """Yields (batch, predictions) over the split's first eval.max_instances instances; with
+  the marching-cubes grid if `grid`, with the voxel-centre probabilities if `voxels`."""
   for batch in pipeline.eval_batches(source, config.eval.batch_size, config.eval.max_instances):
     yield batch, predict(model, params, batch, mesh,
-                         config.eval.grid_resolution if grid else None)
+                         config.eval.grid_resolution if grid else None,
+                         config.data.voxel_resolution if voxels else None)
 
 
 def choose_threshold(model, params, config, validation_source, mesh) -> float:
-  """Occupancy threshold maximising mean validation IoU (never looks at test)."""
+  """Occupancy threshold maximising mean validation IoU at the voxel centres (never looks at
+  test)."""
   probs, labels = [], []
-  for batch, pred in _split_predictions(model, params, config, validation_source, mesh, False):
-    probs.extend(pred["occ_prob"])
-    labels.extend(batch["occ_uniform"] > 0)
+  for batch, pred in _split_predictions(model, params, config, validation_source, mesh,
+                                        grid=False, voxels=True):
+    probs.extend(pred["voxel_prob"].reshape(len(pred["voxel_prob"]), -1))
+    labels.extend(baselines.voxel_labels(batch))
   return metrics.select_threshold(probs, labels, list(config.eval.threshold_candidates))
 
 
 def evaluate_split(model, params, config, source, mesh, threshold: float) -> tuple[list, dict]:
   """Per-instance rows of one split, plus the first batch's data for the picture."""
   rows, picture = [], None
-  for batch, pred in _split_predictions(model, params, config, source, mesh, True):
+  for batch, pred in _split_predictions(model, params, config, source, mesh, grid=True,
+                                        voxels=True):
     for i in range(len(batch["image"])):
       example = {k: v[i] for k, v in batch.items()}
       rng = np.random.default_rng([config.seed, int(example["index"])])
@@ -164,7 +213,8 @@ def unsupervised_heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir: str, sources,
                        mesh, splits=("validation", "test"), subdir: str = "eval") -> dict:
-  """Chooses the threshold on validation, evaluates `splits`, writes WORKDIR/<subdir>/*.
+  """Chooses the threshold on validation, evaluates `splits`, writes WORKDIR/<subdir>/*, with the
+  recognition baselines' test rows and means (baselines.cached_baselines).
 
   Returns the test summary: metric means plus threshold and instance count.
   """
@@ -183,12 +233,37 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
                                    config.eval.num_picture_instances, unsupervised_heads(config))
     logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d)", split, means["iou"],
                  means["fscore@0.02"], means["chamfer_l1"], len(rows))
+  summary["baselines"] = _baselines(config, sources, eval_dir)
   if config.eval.cost_repeats:
     from recon3d_jax import cost  # Local: cost imports train, which imports this module.
     summary["cost"] = cost.measure(config, model, params, mesh, repeats=config.eval.cost_repeats)
     logging.info("Cost: %s", summary["cost"])
   writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
   return dict(summary["test"], threshold=threshold) if "test" in summary else summary
+
+
+def _baselines(config: ml_collections.ConfigDict, sources, eval_dir: str) -> dict:
+  """Computes (or reads the cached) baselines, writes EVAL_DIR/baselines_test.jsonl, logs one
+  line, and returns the summary.json entry."""
+  result = baselines.cached_baselines(sources, config)
+  baselines.write_rows(eval_dir, result)
+  baselines.log_summary(result)
+  return baselines.summary(result)
+
+
+def write_baselines_only(config: ml_collections.ConfigDict, eval_dir: str) -> dict:
+  """The baselines of config.data's dataset without a model: EVAL_DIR/baselines_test.jsonl, and
+  the "baselines" entry of EVAL_DIR/summary.json (created, or updated keeping its other keys)."""
+  os.makedirs(eval_dir, exist_ok=True)
+  entry = _baselines(config, pipeline.load_sources(config.data), eval_dir)
+  path = os.path.join(eval_dir, "summary.json")
+  summary = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      summary = json.load(f)
+  summary["baselines"] = entry
+  writers.atomic_write(path, json.dumps(summary, indent=2))
+  return entry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,11 +306,35 @@ def load(workdir: str, step: int | None = None, mesh=None, untrained: bool = Fal
 FLAGS = flags.FLAGS
 
 
+def check_flags(workdir: str | None, config, out: str | None, baselines_only: bool,
+                untrained: bool) -> None:
+  """Raises ConfigError naming the first bad combination of the command-line flags."""
+  if not baselines_only:
+    if config is not None or out is not None:
+      raise config_lib.ConfigError("--config and --out go with --baselines_only; to evaluate a "
+                                   "run, pass --workdir=DIR alone")
+    if workdir is None:
+      raise config_lib.ConfigError("expected --workdir=DIR (a training run), or "
+                                   "--baselines_only with --workdir=DIR or --config=FILE --out=DIR")
+  elif untrained or (workdir is None) == (config is None):
+    raise config_lib.ConfigError(
+        "--baselines_only: expected exactly one of --workdir=DIR (writes DIR/eval) or "
+        "--config=FILE with --out=DIR, and no --untrained")
+  elif config is not None and out is None:
+    raise config_lib.ConfigError("--baselines_only --config=FILE: expected --out=DIR for the "
+                                 "results")
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
   writers.setup_logging()
   try:
+    check_flags(FLAGS.workdir, _CONFIG.value, FLAGS.out, FLAGS.baselines_only, FLAGS.untrained)
+    if FLAGS.baselines_only:
+      config = load_config(FLAGS.workdir) if _CONFIG.value is None else _CONFIG.value
+      write_baselines_only(config, FLAGS.out or os.path.join(FLAGS.workdir, "eval"))
+      return
     model, params, config = load(FLAGS.workdir, untrained=FLAGS.untrained)
     evaluate_and_write(model, params, config, FLAGS.workdir, pipeline.load_sources(config.data),
                        sharding.make_mesh(), subdir="eval_untrained" if FLAGS.untrained else "eval")
@@ -247,5 +346,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Workdir of a training run to (re-)evaluate.")
   flags.DEFINE_bool("untrained", False, "Evaluate the run's initial parameters instead, into "
                     "WORKDIR/eval_untrained (a chance-level baseline).")
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_bool("baselines_only", False, "Only the recognition baselines (no model) of the "
+                    "dataset of --workdir's run (into WORKDIR/eval) or of --config (into --out).")
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "With --baselines_only: experiment "
+                                            "config file[:arg] whose dataset to use.")
+  flags.DEFINE_string("out", None, "With --baselines_only --config: output directory.")
   app.run(main)

@@ -5,8 +5,10 @@
 Reads DIR/manifest.json (launch/sweep.py), each finished run's eval/test.jsonl (one row per test
 instance) and eval/summary.json, and DIR/ensembles/* (recon3d_jax.ensemble). Writes OUT/REPORT.md,
 OUT/<table>.tex (one per table), OUT/report.json (every number, for scripts and tests) and PNGs.
+The recognition baselines in the runs' eval/summary.json ("baselines": mean shape, retrieval,
+retrieval oracle; recon3d_jax/baselines.py) are reference rows of the main table, not arms.
 
-Statistics (DESIGN.md section 8, recon3d_jax.stats):
+Statistics (docs/DESIGN.md section 8, recon3d_jax.stats):
 - A cell's value is the mean over seeds of the seed's mean over test instances; its CI is a BCa
   bootstrap over seeds, with the Student t-interval beside it when there are fewer than 10 seeds.
 - A comparison of arms A - B pairs runs by seed and instances by (seed, instance index): each seed
@@ -37,6 +39,10 @@ RDEP_PREFIX = "rdep."
 COST_KEYS = ("train_step_s", "infer_latency_b1_s", "infer_latency_batch_s", "peak_memory_bytes",
              "params")
 VARIANT_KEYS = ("data.curriculum", "data.max_level")  # Negative results: variant vs plain run.
+# Recognition baselines (recon3d_jax/baselines.py): reference rows of the main table, not arms.
+REFERENCE_LABELS = {"mean_shape": "mean shape (reference)",
+                    "retrieval": "retrieval (reference)",
+                    "retrieval_oracle": "retrieval oracle (reference; uses test GT)"}
 PRETRAINING_ARM = "stage1"
 
 Units = dict  # seed (or ensemble) -> {instance key: value}
@@ -109,6 +115,33 @@ def units(runs: list[RunResult], metric: str, scale: float = 1.0) -> Units:
     seed = run.overrides.get("seed", 0)
     out.setdefault(seed, {}).update({k: r[metric] * scale for k, r in run.rows.items()})
   return out
+
+
+def reference_means(runs: list[RunResult], base: dict) -> tuple[dict, dict, list]:
+  """The recognition baselines of the runs' benchmarks, from eval/summary.json "baselines".
+
+  They depend only on a benchmark's dataset, so one run per benchmark gives them. Returns
+  (pooled {baseline: {metric: mean, num_instances}}, instance-weighted like the arms' pooled
+  test instances; {benchmark: summary entry}; benchmarks whose runs have none). Nothing is
+  pooled unless every benchmark has them.
+  """
+  per_benchmark, missing = {}, []
+  for bench in distinct(runs, BENCHMARK_KEY, base):
+    entries = [r.summary["baselines"] for r in runs
+               if r.value(BENCHMARK_KEY, base) == bench and "baselines" in r.summary]
+    if entries:
+      per_benchmark[bench] = entries[0]
+    else:
+      missing.append(bench)
+  pooled = {}
+  for name in REFERENCE_LABELS if per_benchmark and not missing else ():
+    entries = [e[name] for e in per_benchmark.values()]
+    total = sum(e["num_instances"] for e in entries)
+    keys = set.intersection(*(set(e) for e in entries)) - {"num_instances"}
+    pooled[name] = {k: sum(e[k] * e["num_instances"] for e in entries) / total
+                    for k in sorted(keys)}
+    pooled[name]["num_instances"] = total
+  return pooled, per_benchmark, missing
 
 
 def distinct(runs: list[RunResult], key: str, base: dict) -> list:
@@ -192,6 +225,10 @@ def fmt_cell(c: dict | None, digits: int = 3) -> str:
   return text + f" (n={c['n_seeds']})"
 
 
+def fmt_reference(value: float | None, digits: int = 3) -> str:
+  return "—" if value is None else f"{value:.{digits}f}"
+
+
 def fmt_diff(c: dict | None, digits: int = 3) -> str:
   if not c:
     return "—"
@@ -221,6 +258,7 @@ class Table:
   rows: list[list[str]]
   notes: list[str]
   data: list[dict]
+  references: dict = dataclasses.field(default_factory=dict)  # Reference rows' numbers.
 
   def markdown(self) -> str:
     lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
@@ -252,7 +290,7 @@ def _unpaired_notes(comparisons: list[tuple[str, dict | None]]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tables (DESIGN.md section 6).
+# Tables (docs/DESIGN.md section 6).
 # ---------------------------------------------------------------------------------------------
 class Builder:
   """Builds the tables a sweep has runs for."""
@@ -295,16 +333,35 @@ class Builder:
       rows.append([arm] + [fmt_cell(c, 1 if s == 100 else 3) for c, (_, s) in zip(cells, columns)])
       data.append(dict(arm=arm, **{m: c for c, (m, _) in zip(cells, columns)}))
     benches = distinct(selected, BENCHMARK_KEY, self.base)
+    notes = [f"Test instances pooled over benchmarks {benches}; mean over seeds of each "
+             "seed's instance mean [95% BCa bootstrap over seeds] (n = seeds).",
+             (f"F1 is the study's primary metric {self.metric} (F-score at τ = {self.tau} "
+              "in unit-cube units)" if self.f_name.startswith("F@") else
+              f"{self.metric} is a secondary metric (not the study's declared one)")
+             + "; accuracy is occupancy accuracy at the voxel centres of the unit cube (the "
+             "stored voxels), x100."]
+    pooled, per_benchmark, missing = reference_means(selected, self.base)
+    for name, means in pooled.items():
+      rows.append([REFERENCE_LABELS[name]] + [
+          fmt_reference(means[m] * s if m in means else None, 1 if s == 100 else 3)
+          for m, s in columns])
+    if pooled:
+      notes.append("Reference rows, not trained arms: the recognition baselines of Tatarchenko "
+                   "et al. (CVPR 2019), computed from the dataset alone (recon3d_jax/baselines.py)"
+                   " on the same test instances and points: the mean training shape; retrieval "
+                   "of the training shape whose image is nearest the test image; the retrieval "
+                   "oracle, the training shape with the highest IoU to the test shape - it reads "
+                   "the test ground truth, an upper bound for retrieval. Deterministic (no seeds, "
+                   "no CI); benchmarks pooled by instance count.")
+    elif missing:
+      notes.append(f"No reference rows: the runs of benchmarks {missing} have no baselines in "
+                   "eval/summary.json (python -m recon3d_jax.evaluate --workdir=RUN "
+                   "--baselines_only adds them).")
     return Table("table1_main", "Table 1: main results per method",
                  ["Method", f"Precision@{self.tau}", f"Recall@{self.tau}",
                   f"F1 ({self.f_name})" if self.f_name.startswith("F@") else self.metric,
-                  "Accuracy (%)"], rows,
-                 [f"Test instances pooled over benchmarks {benches}; mean over seeds of each "
-                  "seed's instance mean [95% BCa bootstrap over seeds] (n = seeds).",
-                  (f"F1 is the study's primary metric {self.metric} (F-score at τ = {self.tau} "
-                   "in unit-cube units)" if self.f_name.startswith("F@") else
-                   f"{self.metric} is a secondary metric (not the study's declared one)")
-                  + "; accuracy is occupancy accuracy on the uniform query points, x100."], data)
+                  "Accuracy (%)"], rows, notes, data,
+                 dict(pooled=pooled, per_benchmark=per_benchmark) if pooled else {})
 
   def pairwise(self) -> Table | None:
     """Paired differences between methods, benchmarks pooled per seed: normal vs depth (the
@@ -655,7 +712,9 @@ def write_report(sweep_dir: str, out: str | None = None, seed: int = 0,
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(dict(config=manifest["config"], study=manifest["study"], counts=counts,
                    missing={r.id: r.state for r in missing},
-                   tables={t.name: t.data for t in tables}), f, indent=2, default=str)
+                   tables={t.name: t.data for t in tables},
+                   references={t.name: t.references for t in tables if t.references}), f,
+              indent=2, default=str)
   logging.info("Report written to %s (%d tables).", out, len(tables))
   return out
 

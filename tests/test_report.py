@@ -23,7 +23,7 @@ def _value(domain, arm, seed, index):
   return value + (DELTA[domain][seed] if arm == "both" else 0.0)
 
 
-def _write_run(sweep_dir, overrides, rows=None, done=True):
+def _write_run(sweep_dir, overrides, rows=None, done=True, summary=None):
   rid = sweeps.run_id(overrides)
   eval_dir = os.path.join(sweeps.run_dir(sweep_dir, rid), "eval")
   os.makedirs(eval_dir)
@@ -31,7 +31,7 @@ def _write_run(sweep_dir, overrides, rows=None, done=True):
     with open(os.path.join(eval_dir, "test.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
     with open(os.path.join(eval_dir, "summary.json"), "w") as f:
-      json.dump({"test": {}}, f)
+      json.dump(summary or {"test": {}}, f)
     open(os.path.join(sweeps.run_dir(sweep_dir, rid), sweeps.DONE), "w").close()
   return rid
 
@@ -140,3 +140,49 @@ def test_secondary_metric_is_labelled_as_such(fake_sweep, tmp_path):
   assert rows["both"]["recall@0.02"]["mean"] == pytest.approx(0.25)
   with open(os.path.join(second, "REPORT.md")) as f:
     assert "Metric: recall@0.02, a SECONDARY analysis (the study declared fscore@0.02)" in f.read()
+
+
+def _baselines(offset, n):
+  """A summary.json "baselines" entry of n test instances whose values all shift by `offset`."""
+  means = lambda v: {"precision@0.02": v, "recall@0.02": v + 0.1, "fscore@0.02": v + 0.2,
+                     "accuracy": v + 0.3, "num_instances": n}
+  return dict(mean_shape=means(offset), retrieval=means(offset + 0.01),
+              retrieval_oracle=means(offset + 0.02), mean_shape_threshold=0.3)
+
+
+def test_baselines_are_reference_rows_pooled_by_instances(tmp_path):
+  """Each benchmark's baselines (identical in its runs) pooled by instance count into labelled
+  rows of table 1, which stay out of the arms' data."""
+  sweep_dir = str(tmp_path)
+  runs = {}
+  for domain, (offset, n) in zip(DOMAINS, ((0.1, 6), (0.4, 2))):
+    for seed in (0, 1):
+      overrides = {"arm": "vanilla", "seed": seed, "data.benchmark": domain}
+      rows = [{"index": i, "fscore@0.02": 0.3, "precision@0.02": 0.5, "recall@0.02": 0.25,
+               "accuracy": 0.9} for i in INSTANCES]
+      summary = {"test": {}, "baselines": _baselines(offset, n)}
+      runs[_write_run(sweep_dir, overrides, rows, summary=summary)] = overrides
+  manifest = dict(config="fake", base=json.loads(default.get_config("runlocal").to_json()),
+                  study=dict(primary_metric="fscore@0.02", baseline_arm="vanilla",
+                             ours_arm="both"),
+                  runs={rid: dict(overrides=o, depends_on=[]) for rid, o in runs.items()})
+  with open(os.path.join(sweep_dir, sweeps.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  out = report.write_report(sweep_dir, n_resamples=999)
+  with open(os.path.join(out, "report.json")) as f:
+    result = json.load(f)
+  assert [d["arm"] for d in result["tables"]["table1_main"]] == ["vanilla"]
+  pooled = result["references"]["table1_main"]["pooled"]
+  for name, shift in (("mean_shape", 0.0), ("retrieval", 0.01), ("retrieval_oracle", 0.02)):
+    expected = (6 * (0.1 + shift) + 2 * (0.4 + shift)) / 8
+    assert pooled[name]["precision@0.02"] == pytest.approx(expected)
+    assert pooled[name]["fscore@0.02"] == pytest.approx(expected + 0.2)
+    assert pooled[name]["num_instances"] == 8
+  with open(os.path.join(out, "REPORT.md")) as f:
+    text = f.read()
+  oracle_f = (6 * 0.12 + 2 * 0.42) / 8 + 0.2
+  oracle_accuracy = 100 * ((6 * 0.12 + 2 * 0.42) / 8 + 0.3)
+  assert (f"| retrieval oracle (reference; uses test GT) | {(6 * 0.12 + 2 * 0.42) / 8:.3f} | "
+          f"{(6 * 0.12 + 2 * 0.42) / 8 + 0.1:.3f} | {oracle_f:.3f} | {oracle_accuracy:.1f} |"
+          in text)
+  assert "| mean shape (reference) |" in text and "Reference rows, not trained arms" in text
