@@ -10,7 +10,7 @@ from recon3d_jax import losses
 from recon3d_jax import models
 from recon3d_jax.data import synth
 from recon3d_jax.geometry import camera
-from recon3d_jax.models import pixel_aligned, voxel
+from recon3d_jax.models import occupancy, pixel_aligned, voxel
 from recon3d_jax.models.resnet import ResNetEncoder
 
 B, S, M = 2, 16, 32
@@ -208,24 +208,27 @@ def test_bilinear_sampling_matches_scipy():
 
 
 def test_pixel_aligned_decoder_reads_the_feature_under_each_point():
-  """Changing the image at the pixel a point projects to changes that point's logit only if the
-  decoder is pixel-aligned (the global code sees every pixel either way)."""
+  """A point's logit depends on the pixel-aligned feature map only at the cells around the
+  pixel it projects to: changing a far cell leaves it unchanged, changing the cell under it
+  does not (the global code is held fixed)."""
   model = models.ReconModel(**TINY, pixel_aligned=True)
   images, points = make_inputs()
   variables = jax.jit(model.init)(KEY, images, points)
-  params = variables['params']
-  assert params['occupancy']['embed']['kernel'].shape == (3 + TINY['encoder_width'], 16)
+  assert variables['params']['occupancy']['embed']['kernel'].shape == (3 + TINY['head_width'], 16)
+  latent = model.apply(variables, images, method=models.ReconModel.encode)
+  h, w = latent['features'].shape[1:3]
+  col, row = (np.asarray(pixel_aligned.project(points[0, 0])) + 1) / 2 * np.array([w, h]) - 0.5
+  near = (int(np.clip(round(float(row)), 0, h - 1)), int(np.clip(round(float(col)), 0, w - 1)))
+  far = ((near[0] + h // 2) % h, (near[1] + w // 2) % w)
 
-  def local(images):
-    latent = model.apply(variables, images, method=models.ReconModel.encode)
-    return pixel_aligned.pixel_aligned_features(latent['features'], points)
+  def logit(cell):
+    features = latent['features'].at[0, cell[0], cell[1]].add(10.0)
+    return model.apply(variables, dict(latent, features=features), points,
+                       method=models.ReconModel.decode_occupancy)[0, 0]
 
-  jac = jax.jacobian(lambda x: local(x)[0, 0].sum())(images)
-  col, row = (np.asarray(pixel_aligned.project(points[0, 0])) + 1) / 2 * S - 0.5
-  energy = np.abs(np.asarray(jac[0])).sum(-1)
-  i, j = np.unravel_index(np.argmax(energy), energy.shape)
-  # The finest map is at H/2 with 3x3 convs: its receptive field peaks near the point's pixel.
-  assert abs(i - row) <= 3 and abs(j - col) <= 3, ((i, j), (row, col))
+  base = model.apply(variables, latent, points, method=models.ReconModel.decode_occupancy)[0, 0]
+  assert float(logit(far)) == pytest.approx(float(base), abs=1e-6)
+  assert abs(float(logit(near)) - float(base)) > 1e-4
 
 
 def test_oracle_input_images():
@@ -250,3 +253,17 @@ def test_oracle_input_images():
   # An evaluation record has only the (clean) depth / normal.
   record = dict(image=images, mask=mask, depth=depth_clean, normal=normal)
   np.testing.assert_array_equal(np.asarray(models.input_images(record, True)), got)
+
+
+def test_fourier_features_are_the_stated_sinusoids():
+  """Octave k of coordinate j is sin / cos(2^k pi p_j), after the raw coordinates."""
+  points = np.array([[0.1, -0.25, 0.5], [0.0, 0.3, -0.55]], np.float32)
+  got = np.asarray(occupancy.fourier_features(jnp.asarray(points), 3))
+  assert got.shape == (2, 3 + 6 * 3)
+  np.testing.assert_allclose(got[:, :3], points)
+  for k in range(3):
+    for j in range(3):
+      angle = 2.0**k * np.pi * points[:, j]
+      np.testing.assert_allclose(got[:, 3 + 3 * k + j], np.sin(angle), atol=1e-5)
+      np.testing.assert_allclose(got[:, 3 + 9 + 3 * k + j], np.cos(angle), atol=1e-5)
+  np.testing.assert_array_equal(occupancy.fourier_features(jnp.asarray(points), 0), points)

@@ -34,7 +34,8 @@ class DepthNormalHead(nn.Module):
   @nn.compact
   def __call__(self, features: list[jax.Array], out_hw: tuple[int, int]) -> dict[str, jax.Array]:
     """features fine to coarse [(B,h0,w0,c0), (B,h1,w1,c1), ...]; out_hw = (H, W) ->
-    dict(depth (B,H,W), normal (B,H,W,3) unit length, mask_logits (B,H,W))."""
+    dict(depth (B,H,W), normal (B,H,W,3) unit length, mask_logits (B,H,W), features
+    (B,h0,w0,width): the last decoder level, which the 2.5D maps are read from)."""
     x = features[-1]
     for skip in reversed(features[:-1]):
       x = _upsample(x, skip.shape[1:3])
@@ -45,4 +46,4 @@ class DepthNormalHead(nn.Module):
     mask_logits = nn.Conv(1, (1, 1), name='mask')(x)
     maps = _upsample(jnp.concatenate([depth, normal, mask_logits], axis=-1), tuple(out_hw))
     return dict(depth=maps[..., 0] + self.depth_offset, normal=safe_normalize(maps[..., 1:4]),
-                mask_logits=maps[..., 4])
+                mask_logits=maps[..., 4], features=x)

@@ -54,9 +54,12 @@ class ReconModel(nn.Module):
     head_width: channels of the 2.5D decoder.
     decoder_hidden: width of the occupancy decoder; channels of the voxel decoder's 4^3 grid.
     decoder_blocks: residual blocks of the occupancy decoder.
+    decoder_frequencies: octaves of Fourier features of the points in the occupancy decoder.
     decoder: 3D decoder, one of DECODERS: 'occupancy' (implicit, at query points) or 'voxel'
       (a voxel_resolution^3 grid over the unit cube, interpolated at query points).
-    pixel_aligned: the occupancy decoder also reads the finest feature map under each point.
+    pixel_aligned: the occupancy decoder also reads, under each point, the 2.5D head's last
+      decoder level (U-Net features at H/2 with global context, the features the depth and
+      normal losses shape; the encoder's own finest map alone did not train faster).
     voxel_resolution: side of the voxel decoder's grid (the dataset's voxels).
     input_maps: the images carry the true 2.5D maps as extra channels (see `input_images`).
     sketch: the 3D decoder reads a second encoder over the image and the predicted 2.5D maps.
@@ -72,6 +75,7 @@ class ReconModel(nn.Module):
   decoder_blocks: int
   encoder_kwargs: tuple[tuple[str, Any], ...] = ()
   decoder: str = 'occupancy'
+  decoder_frequencies: int = 0
   pixel_aligned: bool = False
   voxel_resolution: int = 32
   input_maps: bool = False
@@ -97,7 +101,8 @@ class ReconModel(nn.Module):
     if self.scorer_hidden:
       self.scorer = InstanceScorer(self.scorer_hidden)
     if self.decoder == 'occupancy':
-      self.occupancy = OccupancyDecoder(self.decoder_hidden, self.decoder_blocks)
+      self.occupancy = OccupancyDecoder(self.decoder_hidden, self.decoder_blocks,
+                                        self.decoder_frequencies)
     else:
       self.voxels = voxel.VoxelDecoder(self.decoder_hidden, self.voxel_resolution)
 
@@ -123,6 +128,7 @@ class ReconModel(nn.Module):
     """images -> (2.5D maps, latent: everything the 3D decoder reads)."""
     code, features = self.backbone(images)
     maps = self.head(features, images.shape[1:3])
+    head_features = maps.pop('features')
     if self.sketch:
       sketch = jnp.concatenate([images[..., :3], maps['depth'][..., None] - self.depth_offset,
                                 maps['normal'], nn.sigmoid(maps['mask_logits'])[..., None]], -1)
@@ -131,7 +137,7 @@ class ReconModel(nn.Module):
       code = self.projection(code)
     latent = dict(code=code)
     if self.pixel_aligned:
-      latent['features'] = features[0]
+      latent['features'] = head_features
     if self.decoder == 'voxel':
       latent['voxel_logits'] = self.voxels(code)
     return maps, latent

@@ -28,25 +28,41 @@ class FiLMBlock(nn.Module):
     return h + y
 
 
+def fourier_features(points: jax.Array, num_frequencies: int) -> jax.Array:
+  """points (...,3) -> (..., 3 + 6 L): the points, then sin and cos of 2^k pi p for k < L.
+
+  An MLP of raw coordinates learns sharp occupancy boundaries slowly (spectral bias); sinusoids
+  of increasing frequency let it place them early in training (NeRF, Tancik et al. 2020).
+  """
+  if not num_frequencies:
+    return points
+  scaled = points[..., None, :] * (jnp.pi * 2.0 ** jnp.arange(num_frequencies))[:, None]
+  scaled = scaled.reshape(*points.shape[:-1], -1)
+  return jnp.concatenate([points, jnp.sin(scaled), jnp.cos(scaled)], axis=-1)
+
+
 class OccupancyDecoder(nn.Module):
   """Points embedded by a Dense layer, `num_blocks` FiLM residual blocks, Dense to one logit.
 
   Optional per-point local features (e.g. pixel-aligned image features) are concatenated to the
-  point coordinates before the embedding.
+  (optionally Fourier-encoded) point coordinates before the embedding.
 
   Attributes:
     hidden: width of every layer.
     num_blocks: number of code-conditioned residual blocks.
+    frequencies: octaves of `fourier_features` of the points (0: raw coordinates).
   """
   hidden: int
   num_blocks: int
+  frequencies: int = 0
 
   @nn.compact
   def __call__(self, points: jax.Array, code: jax.Array,
                local: jax.Array | None = None) -> jax.Array:
     """points (B,M,3) in the viewer-centred object frame, code (B,C), optional local features
     (B,M,F) -> logits (B,M)."""
-    inputs = points if local is None else jnp.concatenate([points, local], axis=-1)
+    inputs = fourier_features(points, self.frequencies)
+    inputs = inputs if local is None else jnp.concatenate([inputs, local], axis=-1)
     h = _per_point(nn.Dense(self.hidden, name='embed'), inputs)
     for _ in range(self.num_blocks):
       h = FiLMBlock(self.hidden)(h, code)
