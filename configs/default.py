@@ -44,8 +44,11 @@ def get_config(arg=None):
   c.model = dict(
       encoder=arg.encoder, encoder_width=32, code_dim=128, head_width=32,
       decoder="occupancy",  # occupancy (implicit, at query points) | voxel (32^3 grid).
-      pixel_aligned=False,  # Occupancy decoder also reads image features under each point.
-      decoder_hidden=128, decoder_blocks=3)
+      # The occupancy decoder also reads the 2.5D head's features under each point's pixel:
+      # it learns shape much faster (benchmarks/RESULTS.md, "Recipe search").
+      pixel_aligned=True,
+      decoder_hidden=128, decoder_blocks=3,
+      decoder_frequencies=0)  # Octaves of Fourier features of the query points (0: raw xyz).
   c.loss = dict(normal_weight=1.0, depth_weight=1.0, silhouette_weight=0.1)
   # 3D-R-DEP (arm=full) and its ablations: each component switches off separately.
   c.rdep = dict(
@@ -74,7 +77,12 @@ def get_config(arg=None):
   c.keep_checkpoints = 3
 
   c.eval = dict(
-      grid_resolution=32,  # Occupancy grid for marching cubes (points per side of the 1.1 box).
+      # Mesh grid for marching cubes, by MISE (recon3d_jax/mise.py) at the validation threshold:
+      # a coarse grid of mise_resolution0 cells per side over the 1.1 box, evaluated everywhere,
+      # then mise_upsampling_steps 2x refinements near the surface. 32, 2: 129 points per side
+      # (cells of 0.0086, finer than tau = 0.01); steps 0 is the dense resolution0 + 1 grid.
+      mise_resolution0=32,
+      mise_upsampling_steps=2,
       num_pred_points=2048,  # Area-uniform samples on the predicted mesh.
       threshold_candidates=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),  # Chosen on validation.
       max_instances=200,  # Per split, for the final evaluation.
@@ -89,8 +97,9 @@ def get_config(arg=None):
     c.data.update(num_train=48, num_validation=8, num_test=8, image_size=32,
                   num_surface_points=512, num_uniform_points=512, num_near_points=512,
                   points_per_step=256)
+    # The smoke scale keeps the global-code decoder, so a switch to the voxel decoder is valid.
     c.model.update(encoder_width=8, code_dim=32, head_width=8, decoder_hidden=32,
-                   decoder_blocks=2)
+                   decoder_blocks=2, pixel_aligned=False)
     c.rdep.update(projection_dim=32, scorer_hidden=16)
     c.optimizer.warmup_steps = 2
     c.batch_size = 8
@@ -98,6 +107,6 @@ def get_config(arg=None):
     c.log_every_steps = 2
     c.eval_every_steps = 4
     c.checkpoint_every_steps = 4
-    c.eval.update(grid_resolution=16, num_pred_points=512, max_instances=8, batch_size=8,
-                  num_picture_instances=2, cost_repeats=0)
+    c.eval.update(mise_resolution0=8, mise_upsampling_steps=1, num_pred_points=512,
+                  max_instances=8, batch_size=8, num_picture_instances=2, cost_repeats=0)
   return c

@@ -16,6 +16,13 @@ class ConfigError(ValueError):
   """A config value or key that is not what the experiment expects."""
 
 
+# config.eval keys added after runs were written, with the values older config.json files get
+# (those of configs/default.py), and keys retired since.
+EVAL_DEFAULTS = dict(mise_resolution0=32, mise_upsampling_steps=2)
+RETIRED_EVAL_KEYS = dict(grid_resolution="the dense mesh grid, replaced by eval.mise_resolution0 "
+                         "and eval.mise_upsampling_steps")
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses a `get_config` argument such as "runlocal,arm=depth" (big_vision style).
 
@@ -80,6 +87,21 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+def upgrade_eval(config: ml_collections.ConfigDict) -> list[str]:
+  """Brings the eval settings of a saved (older) config up to date, in place: drops
+  RETIRED_EVAL_KEYS, fills missing EVAL_DEFAULTS. Returns one note per change, for the log."""
+  notes = []
+  for key, why in RETIRED_EVAL_KEYS.items():
+    if key in config.eval:
+      notes.append(f"dropped eval.{key}={config.eval[key]!r} ({why})")
+      del config.eval[key]
+  for key, value in EVAL_DEFAULTS.items():
+    if key not in config.eval:
+      config.eval[key] = value
+      notes.append(f"eval.{key} missing (an older run); using {value!r}")
+  return notes
+
+
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
@@ -91,6 +113,22 @@ def _positive_ints(config: ml_collections.ConfigDict, keys: Iterable[str]) -> No
     value = flat[key]
     _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
              f"config.{key}={value!r}: expected a positive integer")
+
+
+def _integer_at_least(value, minimum: int) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Checks the mesh-extraction settings (also run by the eval-only entry, which skips
+  `validate`); raises ConfigError naming the bad value."""
+  e = config.eval
+  _require(_integer_at_least(e.mise_resolution0, 2),
+           f"config.eval.mise_resolution0={e.mise_resolution0!r}: expected an integer >= 2 "
+           "(cells per side of MISE's coarse grid)")
+  _require(_integer_at_least(e.mise_upsampling_steps, 0),
+           f"config.eval.mise_upsampling_steps={e.mise_upsampling_steps!r}: expected an integer "
+           ">= 0 (0: the dense grid)")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -150,7 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "data.num_test", "data.image_size", "data.num_surface_points", "data.num_uniform_points",
       "data.num_near_points", "data.points_per_step", "data.voxel_resolution",
       "model.encoder_width", "model.code_dim", "model.head_width", "model.decoder_hidden",
-      "model.decoder_blocks", "eval.grid_resolution", "eval.num_pred_points",
+      "model.decoder_blocks", "eval.num_pred_points",
       "eval.max_instances", "eval.batch_size"])
   _require(config.data.image_size % 16 == 0,
            f"config.data.image_size={config.data.image_size}: expected a multiple of 16 "
@@ -159,6 +197,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            + config.data.num_near_points,
            f"config.data.points_per_step={config.data.points_per_step}: expected at most "
            "num_uniform_points + num_near_points")
+  validate_eval(config)
   _require(isinstance(config.eval.cost_repeats, int) and config.eval.cost_repeats >= 0,
            f"config.eval.cost_repeats={config.eval.cost_repeats!r}: expected an integer >= 0")
   for key in ("optimizer.learning_rate", "optimizer.weight_decay", "optimizer.clip_norm",

@@ -4,12 +4,14 @@
 
 Runs of a sweep that differ only in their seed form a cell; each cell's finished runs, sorted by
 seed, are cut into consecutive groups of K (leftovers unused). An ensemble's prediction for an
-instance is the mean of its members' occupancy probabilities (query points, voxels, grid) and depth
+instance is the mean of its members' occupancy probabilities (query points, voxels) and depth
 maps, and the renormalised mean of their normal maps. It is evaluated exactly like one run
 (evaluate.instance_metrics), with its occupancy threshold chosen on the validation split from the
-averaged probabilities. Results: DIR/ensembles/<cell>-<g>/eval/{validation,test}.jsonl (rows like
-a run's), eval/summary.json, and members.json, written last (an ensemble without it is
-unfinished). recon3d_jax.report compares each ensemble with its single models.
+averaged probabilities; its mesh comes from MISE on the mean probability (evaluate.mesh_grids
+with all members), which refines near the ensemble's surface, not near each member's. Results:
+DIR/ensembles/<cell>-<g>/eval/{validation,test}.jsonl (rows like a run's), eval/summary.json, and
+members.json, written last (an ensemble without it is unfinished). recon3d_jax.report compares
+each ensemble with its single models.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def groups(sweep_dir: str, members: int) -> list[tuple[str, list[str]]]:
 def average(preds: list[dict]) -> dict:
   """Mean of members' `evaluate.predict` outputs; normals renormalised to unit length."""
   out = {k: np.mean([p[k] for p in preds], axis=0)
-         for k in ("occ_prob", "voxel_prob", "depth", "grid") if k in preds[0]}
+         for k in ("occ_prob", "voxel_prob", "depth") if k in preds[0]}
   normal = np.mean([p["normal"] for p in preds], axis=0)
   out["normal"] = normal / np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-8)
   return out
@@ -70,23 +72,27 @@ def evaluate_ensemble(workdirs: list[str], out_dir: str) -> dict:
                                    f"{differing[:5]}; expected runs that differ only in seed")
   sources = pipeline.load_sources(config.data)
 
-  def predictions(split, grid):
+  def predictions(split):
     for batch in pipeline.eval_batches(sources[split], config.eval.batch_size,
                                        config.eval.max_instances):
-      yield batch, average([evaluate.predict(m, p, batch, mesh, config.eval.grid_resolution
-                                             if grid else None, config.data.voxel_resolution)
+      yield batch, average([evaluate.predict(m, p, batch, mesh, config.data.voxel_resolution)
                             for m, p, _ in members])
 
+  config_lib.validate_eval(config)
   probs, labels = [], []
-  for batch, pred in predictions("validation", False):
+  for batch, pred in predictions("validation"):
     probs.extend(pred["voxel_prob"].reshape(len(pred["voxel_prob"]), -1))
     labels.extend(baselines.voxel_labels(batch))
   threshold = metrics.select_threshold(probs, labels, list(config.eval.threshold_candidates))
-  summary = {"threshold": threshold, "members": workdirs}
+  summary = {"threshold": threshold, "members": workdirs,
+             "mesh_grid": evaluate.mesh_grid_summary(config.eval)}
   os.makedirs(os.path.join(out_dir, "eval"), exist_ok=True)
   for split in ("validation", "test"):
     rows = []
-    for batch, pred in predictions(split, True):
+    for batch, pred in predictions(split):
+      grid, evaluated = evaluate.mesh_grids([(m, p) for m, p, _ in members], batch, mesh,
+                                            threshold, config.eval)
+      pred = dict(pred, grid=grid, mise_points=evaluated)
       for i in range(len(batch["image"])):
         example = {k: v[i] for k, v in batch.items()}
         rng = np.random.default_rng([config.seed, int(example["index"])])

@@ -18,11 +18,14 @@ so the rest of the 1.1 box is empty for every shape: `iou` is a regular-grid est
 volumetric IoU with exact labels, on the same points for every model and for the recognition
 baselines (recon3d_jax/baselines.py), which may predict any training shape. (The training-time
 val/iou@0.5 stays at the stored uniform query points of the 1.1 box.)
-Each instance's occupancy is also evaluated on a grid of eval.grid_resolution^3 points spanning
-the 1.1 box, meshed by marching cubes, and eval.num_pred_points area-uniform samples of the mesh
-are compared with the stored ground-truth surface samples. Results: WORKDIR/eval/<split>.jsonl
-(one row per instance, keyed by its dataset index so arms can be paired), eval/summary.json
-(means per split, the threshold, and under "baselines" the baselines' test means),
+Each instance's occupancy is also extracted at that threshold by MISE (recon3d_jax/mise.py) on a
+grid of R = eval.mise_resolution0 * 2**eval.mise_upsampling_steps + 1 points per side spanning the
+1.1 box (129 in the default: 128^3 cells of 0.0086, finer than tau = 0.01), meshed by marching
+cubes, and eval.num_pred_points area-uniform samples of the mesh are compared with the stored
+ground-truth surface samples; each row's `mise_points` says how many points MISE evaluated.
+Results: WORKDIR/eval/<split>.jsonl (one row per instance, keyed by its dataset index so arms can
+be paired), eval/summary.json (means per split, the threshold, the mesh grid under "mesh_grid",
+and under "baselines" the baselines' test means),
 eval/baselines_test.jsonl (the baselines' rows) and eval/<split>.png.
 """
 from __future__ import annotations
@@ -40,10 +43,12 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from recon3d_jax import baselines, config_lib, losses, metrics, models, sharding, visualize, writers
+from recon3d_jax import (baselines, config_lib, losses, metrics, mise, models, sharding, visualize,
+                         writers)
 from recon3d_jax.data import pipeline
 
-GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (grid, voxel centres).
+GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (voxel centres).
+MISE_CHUNK = 8192  # Query points per instance and decoder call of the mesh extraction.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +57,27 @@ GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (grid, v
 @functools.lru_cache(maxsize=None)
 def _forward(model):
   return jax.jit(lambda params, images, points: model.apply({"params": params}, images, points))
+
+
+def _decode_probs(model, params, latent, points):
+  """latent (from encode), points (B,N,3) -> (B,N) occupancy probabilities: the one decode every
+  evaluation query (voxel centres, MISE) goes through."""
+  return jax.nn.sigmoid(model.apply({"params": params}, latent, points,
+                                    method=type(model).decode_occupancy))
+
+
+@functools.lru_cache(maxsize=None)
+def _encode(model):
+  """Jitted fn(params, images (B,H,W,C)) -> latent; MISE encodes a batch once, then decodes."""
+  return jax.jit(lambda params, images: model.apply({"params": params}, images,
+                                                    method=type(model).encode))
+
+
+@functools.lru_cache(maxsize=None)
+def _decode(model):
+  """Jitted _decode_probs. MISE always queries (B, chunk, 3) points, so it compiles once per
+  model and batch shape."""
+  return jax.jit(functools.partial(_decode_probs, model))
 
 
 def _lattice(axis: np.ndarray) -> np.ndarray:
@@ -78,22 +104,14 @@ def _probs_at(model, points: np.ndarray):
     batch_size = images.shape[0]
 
     def decode(chunk):
-      chunk_points = jnp.broadcast_to(chunk, (batch_size,) + chunk.shape)
-      return model.apply({"params": params}, latent, chunk_points,
-                         method=type(model).decode_occupancy)
+      return _decode_probs(model, params, latent,
+                           jnp.broadcast_to(chunk, (batch_size,) + chunk.shape))
 
-    logits = jax.lax.map(decode, chunks)  # (num_chunks, B, GRID_CHUNK)
-    logits = jnp.moveaxis(logits, 1, 0).reshape(batch_size, -1)[:, :len(flat)]
-    return jax.nn.sigmoid(logits).reshape((batch_size,) + points.shape[:-1])
+    probs = jax.lax.map(decode, chunks)  # (num_chunks, B, GRID_CHUNK)
+    probs = jnp.moveaxis(probs, 1, 0).reshape(batch_size, -1)[:, :len(flat)]
+    return probs.reshape((batch_size,) + points.shape[:-1])
 
   return fn
-
-
-@functools.lru_cache(maxsize=None)
-def _grid_probs(model, resolution: int):
-  """Returns fn(params, images (B,H,W,3)) -> occupancy probabilities (B,R,R,R) on the grid."""
-  axis = np.linspace(-metrics.BOX_SIZE / 2, metrics.BOX_SIZE / 2, resolution, dtype=np.float32)
-  return _probs_at(model, _lattice(axis))
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,15 +121,14 @@ def _voxel_probs(model, resolution: int):
   return _probs_at(model, voxel_centres(resolution))
 
 
-def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None,
-            voxel_resolution: int | None = None) -> dict:
+def predict(model, params, batch: dict, mesh, voxel_resolution: int | None = None) -> dict:
   """Model outputs for an eval batch on the mesh, as numpy, padding removed.
 
   Returns depth, normal, mask_logits (B,H,W[,3]), occ_logits and occ_prob (B,Mu) at
   batch["points_uniform"], voxel_logits (B,R,R,R) for the voxel decoder and, if
-  grid_resolution is given, grid (B,R,R,R) occupancy probabilities on the 1.1 box's grid; if
   voxel_resolution is given, voxel_prob (B,R,R,R) at the voxel centres (like batch["voxels"]).
-  The oracle's input maps are the batch's (clean) depth and normals.
+  The oracle's input maps are the batch's (clean) depth and normals. The mesh grid needs the
+  threshold, so it comes from `mesh_grids`.
   """
   images = np.asarray(models.input_images(batch, model.input_maps, model.depth_offset))
   padded, n = sharding.pad_batch({"image": images, "points": batch["points_uniform"]}, mesh.size)
@@ -121,11 +138,43 @@ def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None
                 occ_logits=out["occ_logits"], occ_prob=jax.nn.sigmoid(out["occ_logits"]))
   if "voxel_logits" in out:
     result["voxel_logits"] = out["voxel_logits"]
-  if grid_resolution:
-    result["grid"] = _grid_probs(model, grid_resolution)(params, sharded["image"])
   if voxel_resolution:
     result["voxel_prob"] = _voxel_probs(model, voxel_resolution)(params, sharded["image"])
   return {k: np.asarray(v)[:n] for k, v in result.items()}
+
+
+def occupancy_fn(members, batch: dict, mesh) -> mise.OccupancyFn:
+  """MISE's occupancy_fn for one eval batch of n instances: points (n, chunk, 3) -> (n, chunk),
+  the mean occupancy probability of `members`, (model, params) pairs (one for a run, K for an
+  ensemble: averaging probabilities before refining keeps MISE following the ensemble's own
+  surface). Each member encodes the batch once; points are padded and sharded like the batch."""
+  n = len(batch["image"])
+  latents = []
+  for model, params in members:
+    images = np.asarray(models.input_images(batch, model.input_maps, model.depth_offset))
+    padded, _ = sharding.pad_batch({"image": images}, mesh.size)
+    latents.append(_encode(model)(params, sharding.shard_batch(padded, mesh)["image"]))
+
+  def fn(points):
+    padded, _ = sharding.pad_batch({"points": points}, mesh.size)
+    sharded = sharding.shard_batch(padded, mesh)["points"]
+    probs = [_decode(model)(params, latent, sharded)
+             for (model, params), latent in zip(members, latents)]
+    return np.mean([np.asarray(p)[:n] for p in probs], axis=0)
+
+  return fn
+
+
+def mesh_grids(members, batch: dict, mesh, threshold: float,
+               eval_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """(n,R,R,R) occupancy grids of the batch for marching cubes at `threshold`, by MISE with
+  eval.mise_resolution0 and eval.mise_upsampling_steps (0: the dense grid), and (n,) the points
+  evaluated per instance (per member). members: as in `occupancy_fn`."""
+  resolution0 = eval_config.mise_resolution0
+  # One fixed query shape; no bigger than the coarse grid, so tiny grids are not mostly padding.
+  chunk = min(MISE_CHUNK, (resolution0 + 1)**3)
+  return mise.extract_grid(occupancy_fn(members, batch, mesh), len(batch["image"]), threshold,
+                           resolution0, eval_config.mise_upsampling_steps, chunk=chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +183,7 @@ def predict(model, params, batch: dict, mesh, grid_resolution: int | None = None
 def validation_losses(model, params, config: ml_collections.ConfigDict, source, mesh) -> dict:
   """Mean loss terms (all arms' terms, unweighted) and IoU@0.5 over the validation split."""
   rows = []
-  for batch, pred in _split_predictions(model, params, config, source, mesh, grid=False,
-                                        voxels=False):
+  for batch, pred in _split_predictions(model, params, config, source, mesh, voxels=False):
     occ = batch["occ_uniform"].astype(np.float32)
     terms = losses.loss_terms(pred, dict(occ=occ, depth=batch["depth"], normal=batch["normal"],
                                          mask=batch["mask"], voxels=batch["voxels"]))
@@ -151,8 +199,9 @@ def validation_losses(model, params, config: ml_collections.ConfigDict, source, 
 # ---------------------------------------------------------------------------------------------
 def instance_metrics(pred: dict, example: dict, threshold: float, num_pred_points: int,
                      rng: np.random.Generator) -> dict:
-  """All metrics of one instance. pred: outputs of `predict` for it (voxel_prob and grid
-  included); example: its record. Occupancy metrics at the voxel centres (module docstring)."""
+  """All metrics of one instance. pred: outputs of `predict` for it (voxel_prob included) with
+  its `mesh_grids` grid and, if given, mise_points; example: its record. Occupancy metrics at
+  the voxel centres (module docstring)."""
   labels = np.asarray(example["voxels"]).ravel() > 0
   probs = np.asarray(pred["voxel_prob"]).ravel()
   row = dict(metrics.occupancy_metrics(probs, labels, threshold))
@@ -164,15 +213,16 @@ def instance_metrics(pred: dict, example: dict, threshold: float, num_pred_point
   foreground = example["mask"] > 0.5
   row.update(metrics.depth_metrics(pred["depth"], example["depth"], foreground))
   row.update(metrics.normal_metrics(pred["normal"], example["normal"], foreground))
+  if "mise_points" in pred:
+    row["mise_points"] = int(pred["mise_points"])
   return row
 
 
-def _split_predictions(model, params, config, source, mesh, grid: bool, voxels: bool):
-  """Yields (batch, predictions) over the split's first eval.max_instances instances; with
-  the marching-cubes grid if `grid`, with the voxel-centre probabilities if `voxels`."""
+def _split_predictions(model, params, config, source, mesh, voxels: bool):
+  """Yields (batch, predictions) over the split's first eval.max_instances instances; with the
+  voxel-centre probabilities if `voxels`."""
   for batch in pipeline.eval_batches(source, config.eval.batch_size, config.eval.max_instances):
     yield batch, predict(model, params, batch, mesh,
-                         config.eval.grid_resolution if grid else None,
                          config.data.voxel_resolution if voxels else None)
 
 
@@ -181,7 +231,7 @@ def choose_threshold(model, params, config, validation_source, mesh) -> float:
   test)."""
   probs, labels = [], []
   for batch, pred in _split_predictions(model, params, config, validation_source, mesh,
-                                        grid=False, voxels=True):
+                                        voxels=True):
     probs.extend(pred["voxel_prob"].reshape(len(pred["voxel_prob"]), -1))
     labels.extend(baselines.voxel_labels(batch))
   return metrics.select_threshold(probs, labels, list(config.eval.threshold_candidates))
@@ -190,8 +240,9 @@ def choose_threshold(model, params, config, validation_source, mesh) -> float:
 def evaluate_split(model, params, config, source, mesh, threshold: float) -> tuple[list, dict]:
   """Per-instance rows of one split, plus the first batch's data for the picture."""
   rows, picture = [], None
-  for batch, pred in _split_predictions(model, params, config, source, mesh, grid=True,
-                                        voxels=True):
+  for batch, pred in _split_predictions(model, params, config, source, mesh, voxels=True):
+    grid, evaluated = mesh_grids([(model, params)], batch, mesh, threshold, config.eval)
+    pred = dict(pred, grid=grid, mise_points=evaluated)
     for i in range(len(batch["image"])):
       example = {k: v[i] for k, v in batch.items()}
       rng = np.random.default_rng([config.seed, int(example["index"])])
@@ -218,11 +269,12 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
 
   Returns the test summary: metric means plus threshold and instance count.
   """
+  config_lib.validate_eval(config)
   eval_dir = os.path.join(workdir, subdir)
   os.makedirs(eval_dir, exist_ok=True)
   threshold = choose_threshold(model, params, config, sources["validation"], mesh)
   logging.info("Occupancy threshold chosen on validation: %.2f", threshold)
-  summary = {"threshold": threshold}
+  summary = {"threshold": threshold, "mesh_grid": mesh_grid_summary(config.eval)}
   for split in splits:
     rows, (batch, pred) = evaluate_split(model, params, config, sources[split], mesh, threshold)
     writers.atomic_write(os.path.join(eval_dir, f"{split}.jsonl"),
@@ -231,8 +283,10 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
     summary[split] = dict(means, num_instances=len(rows))
     visualize.save_prediction_grid(os.path.join(eval_dir, f"{split}.png"), batch, pred, threshold,
                                    config.eval.num_picture_instances, unsupervised_heads(config))
-    logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d)", split, means["iou"],
-                 means["fscore@0.02"], means["chamfer_l1"], len(rows))
+    logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d); MISE evaluated %.0f of "
+                 "%d grid points per instance", split, means["iou"], means["fscore@0.02"],
+                 means["chamfer_l1"], len(rows), means["mise_points"],
+                 summary["mesh_grid"]["grid_points"])
   summary["baselines"] = _baselines(config, sources, eval_dir)
   if config.eval.cost_repeats:
     from recon3d_jax import cost  # Local: cost imports train, which imports this module.
@@ -240,6 +294,14 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
     logging.info("Cost: %s", summary["cost"])
   writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
   return dict(summary["test"], threshold=threshold) if "test" in summary else summary
+
+
+def mesh_grid_summary(eval_config: ml_collections.ConfigDict) -> dict:
+  """The summary.json entry saying which grid the meshes came from, so mise_points has a scale."""
+  side = eval_config.mise_resolution0 * 2**eval_config.mise_upsampling_steps + 1
+  return dict(resolution0=eval_config.mise_resolution0,
+              upsampling_steps=eval_config.mise_upsampling_steps, points_per_side=side,
+              grid_points=side**3)
 
 
 def _baselines(config: ml_collections.ConfigDict, sources, eval_dir: str) -> dict:
@@ -270,12 +332,17 @@ def write_baselines_only(config: ml_collections.ConfigDict, eval_dir: str) -> di
 # Loading a trained run.
 # ---------------------------------------------------------------------------------------------
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json; eval settings of older runs are brought up to date (upgrade_eval), with
+  a logged note, so that any finished run can be re-evaluated."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json; expected the workdir "
                                  "of a training run")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  for note in config_lib.upgrade_eval(config):
+    logging.info("%s: %s", path, note)
+  return config
 
 
 def load(workdir: str, step: int | None = None, mesh=None, untrained: bool = False):

@@ -29,7 +29,9 @@ State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": 
 
 # Config keys that may change when a run is resumed; anything else must match the checkpoint.
 RESUMABLE_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints")
+                  "checkpoint_every_steps", "keep_checkpoints",
+                  # The final mesh grid (renamed since older runs were written): eval only.
+                  "eval.grid_resolution", "eval.mise_resolution0", "eval.mise_upsampling_steps")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from recon3d_jax import config_lib, evaluate, sharding, train, writers
+from recon3d_jax import config_lib, evaluate, metrics, sharding, train, writers
 from recon3d_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,15 +53,65 @@ def test_run_writes_logs_checkpoints_and_evaluation(uninterrupted, tiny_config):
     for r in instance_rows:
       assert all(np.isfinite(v) for v in r.values())
       assert 0 <= r["iou"] <= 1 and 0 <= r["fscore@0.02"] <= 1
+      assert 9**3 <= r["mise_points"] <= 17**3  # The coarse grid, at most the whole fine one.
     assert os.path.getsize(os.path.join(workdir, "eval", f"{split}.png")) > 10_000
   with open(os.path.join(workdir, "eval", "summary.json")) as f:
     summary = json.load(f)
   assert summary["threshold"] in tiny_config.eval.threshold_candidates
   assert summary["test"]["num_instances"] == 8
+  assert summary["mesh_grid"] == dict(resolution0=8, upsampling_steps=1, points_per_side=17,
+                                      grid_points=17**3)
   # The recognition baselines' test means sit beside the model's, their rows in their own file.
   assert summary["baselines"]["retrieval"]["num_instances"] == 8
   with open(os.path.join(workdir, "eval", "baselines_test.jsonl")) as f:
     assert len(f.readlines()) == 3 * 8
+
+
+@pytest.mark.slow
+def test_evaluation_mise_mesh_matches_the_dense_grid(uninterrupted):
+  """On the trained tiny model, at the run's threshold: MISE's grid without upsampling is the
+  directly decoded dense grid, and MISE to 33 points per side meshes like the dense 33^3 grid."""
+  workdir, _ = uninterrupted
+  model, params, config = evaluate.load(workdir)
+  with open(os.path.join(workdir, "eval", "summary.json")) as f:
+    threshold = json.load(f)["threshold"]
+  mesh = sharding.make_mesh()
+  batch = next(iter(pipeline.eval_batches(pipeline.load_sources(config.data)["test"], 8, 8)))
+  grids = {}
+  for resolution0, steps in ((32, 0), (8, 2)):
+    eval_config = ml_collections.ConfigDict(dict(mise_resolution0=resolution0,
+                                                 mise_upsampling_steps=steps))
+    grids[steps], evaluated = evaluate.mesh_grids([(model, params)], batch, mesh, threshold,
+                                                  eval_config)
+  axis = np.linspace(-metrics.BOX_SIZE / 2, metrics.BOX_SIZE / 2, 33, dtype=np.float32)
+  lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+  direct = evaluate._probs_at(model, lattice)(params, batch["image"])
+  np.testing.assert_allclose(grids[0], direct, atol=1e-5)
+  assert np.all(evaluated < 33**3)
+  unit = lambda v: np.full_like(v, 1 / np.sqrt(3))
+  for dense, refined in zip(grids[0], grids[2]):
+    va, fa = metrics.mesh_from_occupancy(dense, threshold)
+    vb, fb = metrics.mesh_from_occupancy(refined, threshold)
+    assert (len(fa) == 0) == (len(fb) == 0)
+    if len(fa):
+      assert metrics.pointcloud_metrics(va, unit(va), vb, unit(vb))["chamfer_l1"] < 1e-3
+
+
+def test_older_configs_get_the_current_eval_settings(tiny_config, tmp_path):
+  """A run saved before MISE (eval.grid_resolution, no mise_* keys) still loads: the retired
+  key is dropped and the defaults filled in."""
+  saved = tiny_config.to_dict()
+  del saved["eval"]["mise_resolution0"], saved["eval"]["mise_upsampling_steps"]
+  saved["eval"]["grid_resolution"] = 32
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  config = evaluate.load_config(str(tmp_path))
+  assert "grid_resolution" not in config.eval
+  assert (config.eval.mise_resolution0, config.eval.mise_upsampling_steps) == (32, 2)
+  config_lib.validate(config)
+  from configs import default
+  current = default.get_config().eval
+  assert config_lib.EVAL_DEFAULTS == {k: current[k] for k in config_lib.EVAL_DEFAULTS}
 
 
 @pytest.mark.slow
@@ -165,6 +216,9 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_con
     ({"data.num_train": -5}, "config.data.num_train=-5: expected a positive integer"),
     ({"batch_size": 6}, "config.batch_size=6: expected a multiple of the device count 8"),
     ({"data.supervision": "medium-rare"}, "config.data.supervision='medium-rare': Unknown level"),
+    ({"eval.mise_resolution0": 1}, "config.eval.mise_resolution0=1: expected an integer >= 2"),
+    ({"eval.mise_upsampling_steps": -1},
+     "config.eval.mise_upsampling_steps=-1: expected an integer >= 0"),
 ])
 def test_bad_config_values_are_named(tiny_config, tmp_path, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):

@@ -36,6 +36,9 @@ def get_config(arg, supervision: str = "clean"):
     # Sized so the main study (57 runs) fits in under an hour on 2 CPU cores, 2 workers.
     c.data.update(num_train=256, num_validation=16, num_test=48)
     c.eval.max_instances = 48
+    # Meshes on 65 points per side (cells of 0.017, finer than tau = 0.02); the smoke test's
+    # 17 would be coarser than tau.
+    c.eval.update(mise_resolution0=16, mise_upsampling_steps=2)
     c.batch_size = 16
     c.total_steps = 200
     c.log_every_steps = 20
