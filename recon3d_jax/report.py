@@ -198,6 +198,13 @@ def compare(a: Units, b: Units, rng: np.random.Generator, n_resamples: int) -> d
   out.update(low=ci.low, high=ci.high, variant=ci.variant, t_low=t.low, t_high=t.high,
              t_p=t.pvalue, p=perm.pvalue, p_floor=perm.p_floor, p_variant=perm.variant,
              d_z=stats.cohens_d(x, y, "d_z").value)
+  if unit == "seeds":
+    sd = float(np.std(x - y, ddof=1))
+    out.update(sd_diff=sd, mde=stats.minimum_detectable_effect(sd, x.size) if sd > 0 else 0.0)
+    two = stats.two_level_paired_bootstrap_ci([[a[s][k] for k in keys] for s, keys in pairs.items()],
+                                              [[b[s][k] for k in keys] for s, keys in pairs.items()],
+                                              rng=rng, n_resamples=n_resamples)
+    out.update(low_two_level=two.low, high_two_level=two.high)
   return out
 
 
@@ -259,6 +266,7 @@ class Table:
   notes: list[str]
   data: list[dict]
   references: dict = dataclasses.field(default_factory=dict)  # Reference rows' numbers.
+  comparisons: list = dataclasses.field(default_factory=list)  # (label, compare() or None).
 
   def markdown(self) -> str:
     lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
@@ -296,7 +304,7 @@ class Builder:
   """Builds the tables a sweep has runs for."""
 
   def __init__(self, manifest: dict, runs: list[RunResult], seed: int, n_resamples: int,
-               metric: str | None = None):
+               metric: str | None = None, power_effect: float = 0.01):
     self.base = flat_base(manifest)
     self.runs = runs
     self.study = manifest["study"]
@@ -306,6 +314,7 @@ class Builder:
     self.baseline, self.ours = self.study["baseline_arm"], self.study["ours_arm"]
     self.rng = np.random.default_rng(seed)
     self.n_resamples = n_resamples
+    self.power_effect = power_effect  # |Δ| the power table asks the seeds for.
     self.f_name = f"F@{self.tau}" if self.metric == declared and self.tau else self.metric
 
   def _overridden(self, key: str) -> bool:
@@ -381,7 +390,7 @@ class Builder:
                  ["Comparison", f"Δ {self.f_name}", "p", "p (Holm)", "d_z"], rows,
                  ["Each seed's runs on every benchmark are pooled into one paired unit.",
                   COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps),
-                 [dict(comparison=label, **(c or {})) for label, c in comps])
+                 [dict(comparison=label, **(c or {})) for label, c in comps], comparisons=comps)
 
   def versus(self, key: str, name: str, title: str, label: str, gain: str) -> Table | None:
     """Baseline vs ours at each value of `key` (per benchmark, scaling, architectures)."""
@@ -410,7 +419,8 @@ class Builder:
     return Table(name, title, [label, f"{self.baseline} {self.f_name}",
                                f"{self.ours} {self.f_name}", gain, "Δ", "p", "p (Holm)", "d_z"],
                  rows, [COMPARISON_NOTE.format(m=m), f"{gain} = 100 (ours - baseline) / "
-                        "baseline, of the means."] + _unpaired_notes(comps), data)
+                        "baseline, of the means."] + _unpaired_notes(comps), data,
+                 comparisons=comps)
 
   def levels(self) -> Table | None:
     key = "data.supervision"
@@ -460,7 +470,7 @@ class Builder:
     return Table("table3_levels", "Table 3: metric by supervision level",
                  ["Level"] + [f"{a} {self.f_name}" for a in arms] + ["gap (Δ)", "d_z",
                                                                       "p (Holm)"],
-                 rows, notes + _unpaired_notes(comps), data)
+                 rows, notes + _unpaired_notes(comps), data, comparisons=comps)
 
   def ablation(self) -> Table | None:
     keys = sorted({k for r in self.runs for k in r.overrides if k.startswith(RDEP_PREFIX)})
@@ -491,7 +501,8 @@ class Builder:
                    fmt_p(c, "p_holm")])
     return Table("table4_ablation", "Table 4: ablation of 3D-R-DEP components",
                  ["Configuration", self.f_name, "Δ vs full", "p vs full", "p (Holm)"], rows,
-                 [COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps), data)
+                 [COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps), data,
+                 comparisons=comps)
 
   def variants(self) -> Table | None:
     """Negative results: each variant (curriculum, filtering) vs the plain run, per arm."""
@@ -521,7 +532,7 @@ class Builder:
     return Table("negatives", "Negative results: training variants vs the plain run",
                  ["Arm", "Variant", f"variant {self.f_name}", f"plain {self.f_name}", "Δ", "p",
                   "p (Holm)"], rows, [COMPARISON_NOTE.format(m=m)] + _unpaired_notes(comps),
-                 data)
+                 data, comparisons=comps)
 
   def overhead(self) -> Table | None:
     selected = [r for r in select(self.runs, self.base, {"arm"}) if "cost" in r.summary]
@@ -594,6 +605,37 @@ class Builder:
                   "Pairs are ensembles when there are two or more per setting, else instances. "
                   + COMPARISON_NOTE.format(m=m)], data)
 
+  def power(self, tables: list[Table]) -> Table | None:
+    """The seed-level power of every paired comparison over seeds in the other tables."""
+    rows, data = [], []
+    for t in tables:
+      for name, c in t.comparisons:
+        if not c or "sd_diff" not in c:
+          continue
+        label, sd = f"{t.title.partition(':')[0]}: {name}", c["sd_diff"]
+        needed = [stats.pairs_needed(e, sd) if sd > 0 else None
+                  for e in (self.power_effect, c["diff"])]
+        rows.append([label, fmt_diff(c), f"[{c['low_two_level']:+.3f}, {c['high_two_level']:+.3f}]",
+                     f"{sd:.4f}", f"{c['mde']:.4f}", *(str(n) if n else "—" for n in needed)])
+        data.append(dict(comparison=label, diff=c["diff"], n=c["n"], sd_diff=sd, mde=c["mde"],
+                         low_two_level=c["low_two_level"], high_two_level=c["high_two_level"],
+                         effect=self.power_effect, seeds_for_effect=needed[0],
+                         seeds_for_observed=needed[1]))
+    if not rows:
+      return None
+    return Table("power", "Power of the paired comparisons",
+                 ["Comparison", f"Δ {self.f_name} [seed-level 95% CI]",
+                  "two-level 95% CI (seeds, then instances)", "sd(Δ) over seeds",
+                  "MDE (80% power, α = 0.05)", f"seeds for Δ = ±{self.power_effect:g}",
+                  "seeds for the observed Δ"], rows,
+                 ["sd(Δ): SD over seeds of the per-seed paired difference; MDE: the smallest "
+                  "|Δ| the two-sided paired t-test over these seeds detects with 80% power at "
+                  "α = 0.05 (noncentral t); seeds for an effect: the fewest seeds giving that "
+                  "power at this sd(Δ) (— : none needed for Δ = 0, or more than 100,000).",
+                  "Two-level CI: percentile bootstrap resampling seeds, then each drawn seed's "
+                  "test instances; it adds the instance sampling noise to the seed-level one."],
+                 data)
+
   def tables(self, sweep_dir: str) -> list[Table]:
     candidates = [
         self.main(),
@@ -610,7 +652,8 @@ class Builder:
         self.variants(),
         self.ensembles(sweep_dir),
     ]
-    return [t for t in candidates if t is not None]
+    tables = [t for t in candidates if t is not None]
+    return tables + [t for t in [self.power(tables)] if t is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,16 +718,18 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
 # The report.
 # ---------------------------------------------------------------------------------------------
 def write_report(sweep_dir: str, out: str | None = None, seed: int = 0,
-                 n_resamples: int = 9999, metric: str | None = None) -> str:
+                 n_resamples: int = 9999, metric: str | None = None,
+                 power_effect: float = 0.01) -> str:
   """Writes OUT/REPORT.md, OUT/<table>.tex, OUT/report.json and plots; returns OUT.
 
   metric: a per-instance metric to tabulate instead of the study's pre-declared primary metric
-  (a secondary analysis; the report says so).
+  (a secondary analysis; the report says so). power_effect: the |Δ| whose required seeds the
+  power table gives.
   """
   out = out or os.path.join(sweep_dir, "report")
   os.makedirs(out, exist_ok=True)
   manifest, runs = collect(sweep_dir)
-  builder = Builder(manifest, runs, seed, n_resamples, metric)
+  builder = Builder(manifest, runs, seed, n_resamples, metric, power_effect)
   tables = builder.tables(sweep_dir)
   for t in tables:
     with open(os.path.join(out, f"{t.name}.tex"), "w") as f:
@@ -728,7 +773,7 @@ def main(argv) -> None:
   from recon3d_jax import config_lib  # pylint: disable=import-outside-toplevel
   try:
     print(os.path.join(write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.seed, FLAGS.n_resamples,
-                                    FLAGS.metric), "REPORT.md"))
+                                    FLAGS.metric, FLAGS.power_effect), "REPORT.md"))
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
 
@@ -740,5 +785,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("n_resamples", 9999, "Bootstrap resamples per interval.")
   flags.DEFINE_string("metric", None, "Tabulate this per-instance metric (e.g. iou) instead of "
                       "the study's declared primary metric: a secondary analysis.")
+  flags.DEFINE_float("power_effect", 0.01, "The power table gives the seeds needed to detect "
+                     "this |Δ| of the metric (80% power, α = 0.05).")
   flags.mark_flag_as_required("sweep_dir")
   app.run(main)

@@ -29,6 +29,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.optimize
 import scipy.special
 import scipy.stats
 from numpy.typing import ArrayLike
@@ -454,6 +455,49 @@ def cohens_d(x: ArrayLike, y: ArrayLike, variant: str = "d_z") -> EffectSize:
   return EffectSize(value=float(value), variant=variant, n=d.size)
 
 
+def paired_t_power(effect: float, sd: float, n: int, *, alpha: float = 0.05) -> float:
+  """Power of the two-sided paired t-test at level alpha with n pairs, when the true mean
+  difference is `effect` and the SD of the differences is `sd` (noncentral t, exact)."""
+  _require_two(n, "pairs")
+  _check_power_args(sd, alpha)
+  df = n - 1
+  noncentrality = abs(effect) / sd * np.sqrt(n)  # Power is symmetric in the effect's sign.
+  critical = scipy.stats.t.ppf(1 - alpha / 2, df)
+  # The wrong-side tail; scipy returns nan for it at large noncentrality, where it is < 1e-100.
+  wrong_side = np.nan_to_num(scipy.stats.nct.cdf(-critical, df, noncentrality))
+  return float(scipy.stats.nct.sf(critical, df, noncentrality) + wrong_side)
+
+
+def minimum_detectable_effect(sd: float, n: int, *, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+  """The smallest |mean difference| that the two-sided paired t-test with n pairs detects with
+  probability `power` at level alpha, given the SD of the differences (same units as sd)."""
+  _require_two(n, "pairs")
+  _check_power_args(sd, alpha, power)
+  f = lambda effect: paired_t_power(effect, sd, n, alpha=alpha) - power  # noqa: E731
+  high = sd
+  while f(high) < 0:  # Bracket the root; power rises to 1 as the effect grows.
+    high *= 2
+  return float(scipy.optimize.brentq(f, 0.0, high, xtol=1e-12 * high))
+
+
+def pairs_needed(effect: float, sd: float, *, alpha: float = 0.05, power: float = 0.8,
+                 max_n: int = 100_000) -> int | None:
+  """The fewest pairs (seeds) for which the two-sided paired t-test detects a true mean difference
+  `effect` with probability `power`, given the SD of the differences; None above max_n."""
+  _check_power_args(sd, alpha, power)
+  if effect == 0:
+    return None
+  has_power = lambda n: paired_t_power(effect, sd, n, alpha=alpha) >= power  # noqa: E731
+  if not has_power(max_n):
+    return None
+  low, high = 2, max_n  # Power rises with n: bisect for the first n that has it.
+  while low < high:
+    mid = (low + high) // 2
+    low, high = (low, mid) if has_power(mid) else (mid + 1, high)
+  return low
+
+
 def level_correlation(
     metric: ArrayLike,
     levels: ArrayLike,
@@ -642,6 +686,15 @@ def _paired_groups(x: Sequence[ArrayLike], y: Sequence[ArrayLike]) -> list[np.nd
       raise ValueError(f"seed {s} has no instances")
     diffs.append(xs - ys)
   return diffs
+
+
+def _check_power_args(sd: float, alpha: float, power: float = 0.5) -> None:
+  if not (np.isfinite(sd) and sd > 0):
+    raise ValueError(f"sd={sd!r}: expected the positive, finite SD of the paired differences")
+  if not 0 < alpha < 1:
+    raise ValueError(f"alpha={alpha!r}: expected a level in (0, 1)")
+  if not 0 < power < 1:
+    raise ValueError(f"power={power!r}: expected a probability in (0, 1)")
 
 
 def _check_level(confidence_level: float) -> None:

@@ -186,3 +186,23 @@ def test_baselines_are_reference_rows_pooled_by_instances(tmp_path):
           f"{(6 * 0.12 + 2 * 0.42) / 8 + 0.1:.3f} | {oracle_f:.3f} | {oracle_accuracy:.1f} |"
           in text)
   assert "| mean shape (reference) |" in text and "Reference rows, not trained arms" in text
+
+
+def test_power_table_matches_statsmodels_for_the_pairwise_comparison(fake_sweep):
+  """sd(Δ) over seeds, the minimum detectable effect and the seeds an effect needs, recomputed
+  with statsmodels' paired t-test power (an independent noncentral-t implementation)."""
+  from statsmodels.stats.power import TTestPower  # pylint: disable=import-outside-toplevel
+  _, result, _ = fake_sweep
+  rows = {d["comparison"]: d for d in result["tables"]["power"]}
+  row = rows["Table 1b: both − vanilla"]
+  x = (_per_seed("primitives", "both") + _per_seed("compounds", "both")) / 2
+  y = (_per_seed("primitives", "vanilla") + _per_seed("compounds", "vanilla")) / 2
+  sd = np.std(x - y, ddof=1)
+  assert row["sd_diff"] == pytest.approx(sd) and row["n"] == 5
+  mde = TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8) * sd
+  assert row["mde"] == pytest.approx(mde, rel=1e-4)
+  needed = TTestPower().solve_power(effect_size=0.01 / sd, alpha=0.05, power=0.8)
+  assert row["seeds_for_effect"] == int(np.ceil(needed))
+  # The two-level interval (seeds, then instances) brackets the mean difference.
+  assert row["low_two_level"] < row["diff"] < row["high_two_level"]
+  assert {"Table 2: Benchmark=primitives", "Table 2: Benchmark=compounds"} < set(rows)

@@ -316,3 +316,59 @@ def test_same_seed_gives_identical_results(paired_data):
       stats.stratified_mean_ci(groups[0], [1, 1], rng=3)
   )
   assert stats.paired_bootstrap_ci(x, y, rng=3) != stats.paired_bootstrap_ci(x, y, rng=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Power of the paired t-test
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,effect_size", [(3, 1.5), (10, 0.5), (10, 1.2), (40, 0.3)])
+def test_paired_t_power_matches_statsmodels(n, effect_size):
+  from statsmodels.stats.power import TTestPower
+  sd = 0.02
+  expected = TTestPower().power(effect_size=effect_size, nobs=n, alpha=0.05,
+                                alternative="two-sided")
+  assert stats.paired_t_power(effect_size * sd, sd, n) == pytest.approx(expected, abs=1e-6)
+
+
+def test_paired_t_power_matches_simulated_t_tests():
+  rng = np.random.default_rng(0)
+  sd, effect, n = 0.03, 0.025, 10
+  d = rng.normal(effect, sd, size=(20_000, n))
+  rejected = np.mean(scipy.stats.ttest_1samp(d, 0.0, axis=1).pvalue < 0.05)
+  assert stats.paired_t_power(effect, sd, n) == pytest.approx(rejected, abs=0.01)
+
+
+@pytest.mark.parametrize("n", [3, 10, 25])
+def test_minimum_detectable_effect_matches_statsmodels(n):
+  from statsmodels.stats.power import TTestPower
+  sd = 0.017
+  expected = TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8, alternative="two-sided")
+  assert stats.minimum_detectable_effect(sd, n) == pytest.approx(expected * sd, rel=1e-5)
+
+
+def test_minimum_detectable_effect_approaches_the_normal_formula_for_many_pairs():
+  sd, n = 1.0, 5000
+  z = scipy.stats.norm.ppf(0.975) + scipy.stats.norm.ppf(0.8)
+  assert stats.minimum_detectable_effect(sd, n) == pytest.approx(z * sd / np.sqrt(n), rel=1e-3)
+
+
+def test_pairs_needed_is_the_first_n_with_enough_power():
+  from statsmodels.stats.power import TTestPower
+  sd, effect = 0.02, 0.01
+  n = stats.pairs_needed(effect, sd)
+  solved = TTestPower().solve_power(effect_size=effect / sd, alpha=0.05, power=0.8)
+  assert n == int(np.ceil(solved))
+  assert stats.paired_t_power(effect, sd, n) >= 0.8 > stats.paired_t_power(effect, sd, n - 1)
+  assert stats.pairs_needed(0.0, sd) is None
+  assert stats.pairs_needed(1e-6, sd, max_n=1000) is None
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(sd=0.0), "sd=0.0"), (dict(sd=np.nan), "sd=nan"),
+                                          (dict(alpha=1.5), "alpha=1.5"),
+                                          (dict(power=1.0), "power=1.0")])
+def test_power_functions_name_bad_arguments(kwargs, match):
+  args = dict(sd=0.02, alpha=0.05, power=0.8) | kwargs
+  with pytest.raises(ValueError, match=match):
+    stats.minimum_detectable_effect(args["sd"], 10, alpha=args["alpha"], power=args["power"])

@@ -228,3 +228,24 @@ def test_slurm_submission_has_array_cap_requeue_and_dependency(tmp_path):
     assert "#SBATCH --partition=gpu" in text
   assert "dependency" not in first
   assert f"#SBATCH --dependency=afterany:{jobs[0].job_id.split('_')[0]}" in second
+
+
+@pytest.mark.parametrize("name", ["main", "levels", "scaling", "architectures", "overhead",
+                                  "ablation", "negatives"])
+def test_every_study_config_expands_to_valid_runs_at_both_scales(name):
+  """Each committed study loads and validates (keys, values, stage-1 links) at both scales."""
+  for arg in ("runlocal", ""):
+    study = sweeps.load_study(f"configs/study/{name}.py" + (f":{arg}" if arg else ""))
+    assert study.runs and len({r.id for r in study.runs}) == len(study.runs)
+
+
+def test_main_study_gives_the_core_comparison_ten_seeds_at_the_embedded_scale():
+  study = sweeps.load_study("configs/study/main.py:runlocal")
+  seeds = {}
+  for r in study.runs:
+    key = (r.overrides["arm"], r.overrides["data.benchmark"])
+    seeds.setdefault(key, set()).add(r.overrides["seed"])
+  for (arm, _), s in seeds.items():
+    assert len(s) == (10 if arm in ("vanilla", "normal", "depth", "both") else 3), arm
+  # Seed-major: the first 8 runs are seed 0's core arms on both benchmarks.
+  assert [r.overrides["seed"] for r in study.runs[:8]] == [0] * 8

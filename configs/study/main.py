@@ -11,10 +11,16 @@ def get_config(arg=None):
 
 
 def sweep(arg=None):
+  """The core arms (`common.CORE_ARMS`) over `common.seeds(arg, core=True)` first, seed by seed,
+  so a sweep stopped early holds whole seeds of the primary comparison; then the other arms."""
   arg = common.parse(arg)
   runs = []
-  for benchmark in common.benchmarks(arg):
-    for arm in common.ARMS:
-      for seed in common.seeds(arg):
-        runs += common.with_stage1({"arm": arm, "seed": seed, "data.benchmark": benchmark})
+  for seed in common.seeds(arg, core=True):
+    for benchmark in common.benchmarks(arg):
+      runs += [{"arm": arm, "seed": seed, "data.benchmark": benchmark} for arm in common.CORE_ARMS]
+  for seed in common.seeds(arg):
+    for benchmark in common.benchmarks(arg):
+      for arm in common.ARMS:
+        if arm not in common.CORE_ARMS:
+          runs += common.with_stage1({"arm": arm, "seed": seed, "data.benchmark": benchmark})
   yield from common.unique(runs)

@@ -1,5 +1,5 @@
 """Table 5: baseline vs 3D-R-DEP over training-set sizes (a prefix of the benchmark's train
-split): 1K ... 100K at full scale; 48 ... 192 at the embedded scale.
+split): 1K ... 100K at full scale; 250 ... 2,000 at the embedded scale.
 """
 from configs.study import common
 from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa: F401
@@ -12,7 +12,7 @@ def get_config(arg=None):
 
 
 def sizes(arg):
-  return (48, 96, 192) if arg.runlocal else (1_000, 5_000, 10_000, 50_000, 100_000)
+  return (250, 500, 1000, 2000) if arg.runlocal else (1_000, 5_000, 10_000, 50_000, 100_000)
 
 
 def sweep(arg=None):
