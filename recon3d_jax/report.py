@@ -372,13 +372,17 @@ class Builder:
                   "Accuracy (%)"], rows, notes, data,
                  dict(pooled=pooled, per_benchmark=per_benchmark) if pooled else {})
 
+  def _pairs(self, arms: list) -> list[tuple[str, str]]:
+    """The comparisons a table makes: normal vs depth (the question the study asks), then every
+    other method vs the baseline."""
+    pairs = [("normal", "depth")] if {"normal", "depth"} <= set(arms) else []
+    return pairs + [(a, self.baseline) for a in arms if a != self.baseline and self.baseline in arms]
+
   def pairwise(self) -> Table | None:
-    """Paired differences between methods, benchmarks pooled per seed: normal vs depth (the
-    question the study asks) and every other method vs the baseline."""
+    """Paired differences between methods, benchmarks pooled per seed."""
     selected = select(self.runs, self.base, {"arm", BENCHMARK_KEY})
     arms = distinct(selected, "arm", self.base)
-    pairs = [("normal", "depth")] if {"normal", "depth"} <= set(arms) else []
-    pairs += [(a, self.baseline) for a in arms if a != self.baseline and self.baseline in arms]
+    pairs = self._pairs(arms)
     if not pairs:
       return None
     by_arm = {a: [r for r in selected if r.value("arm", self.base) == a] for a in arms}
@@ -393,34 +397,34 @@ class Builder:
                  [dict(comparison=label, **(c or {})) for label, c in comps], comparisons=comps)
 
   def versus(self, key: str, name: str, title: str, label: str, gain: str) -> Table | None:
-    """Baseline vs ours at each value of `key` (per benchmark, scaling, architectures)."""
+    """The comparisons of `_pairs` at each value of `key` (benchmark, training size, encoder)."""
     if not key or not self._overridden(key):
       return None
     selected = select(self.runs, self.base, {"arm", key})
     rows, data, comps = [], [], []
     for value in distinct(selected, key, self.base):
       runs = [r for r in selected if r.value(key, self.base) == value]
-      base_runs = [r for r in runs if r.value("arm", self.base) == self.baseline]
-      ours_runs = [r for r in runs if r.value("arm", self.base) == self.ours]
-      if not base_runs or not ours_runs:
-        continue
-      b, o, c = self._cell(base_runs), self._cell(ours_runs), self._compare(ours_runs, base_runs)
-      rel = 100 * (o["mean"] - b["mean"]) / b["mean"] if b["mean"] else float("nan")
-      comps.append((f"{label}={value}", c))
-      data.append(dict(value=value, baseline=b, ours=o, relative_gain=rel, comparison=c))
+      by_arm = {a: [r for r in runs if r.value("arm", self.base) == a]
+                for a in distinct(runs, "arm", self.base)}
+      for a, b in self._pairs(list(by_arm)):
+        cell_a, cell_b = self._cell(by_arm[a]), self._cell(by_arm[b])
+        c = self._compare(by_arm[a], by_arm[b])
+        rel = 100 * (cell_a["mean"] / cell_b["mean"] - 1) if cell_b["mean"] else float("nan")
+        comps.append((f"{label}={value}: {a} − {b}", c))
+        data.append(dict(value=value, arm=a, versus=b, a=cell_a, b=cell_b, relative_gain=rel,
+                         comparison=c))
     if not data:
       return None
     m = holm([c for _, c in comps])
     for d in data:
       c = d["comparison"]
-      rows.append([str(d["value"]), fmt_cell(d["baseline"]), fmt_cell(d["ours"]),
-                   f"{d['relative_gain']:+.1f}", fmt_diff(c), fmt_p(c, "p"), fmt_p(c, "p_holm"),
-                   fmt_d(c)])
-    return Table(name, title, [label, f"{self.baseline} {self.f_name}",
-                               f"{self.ours} {self.f_name}", gain, "Δ", "p", "p (Holm)", "d_z"],
-                 rows, [COMPARISON_NOTE.format(m=m), f"{gain} = 100 (ours - baseline) / "
-                        "baseline, of the means."] + _unpaired_notes(comps), data,
-                 comparisons=comps)
+      rows.append([str(d["value"]), f"{d['arm']} − {d['versus']}", fmt_cell(d["a"]),
+                   fmt_cell(d["b"]), f"{d['relative_gain']:+.1f}", fmt_diff(c), fmt_p(c, "p"),
+                   fmt_p(c, "p_holm"), fmt_d(c)])
+    return Table(name, title, [label, "A − B", f"A {self.f_name}", f"B {self.f_name}", gain, "Δ",
+                               "p", "p (Holm)", "d_z"],
+                 rows, [COMPARISON_NOTE.format(m=m), f"{gain} = 100 (A - B) / B, of the means."]
+                 + _unpaired_notes(comps), data, comparisons=comps)
 
   def levels(self) -> Table | None:
     key = "data.supervision"
@@ -647,8 +651,8 @@ class Builder:
         self.versus("data.num_train", "table5_scaling", "Table 5: scaling with training size",
                     "Training size", "Relative gain (%)"),
         self.overhead(),
-        self.versus("model.encoder", "architectures", "Architectures: baseline vs ours per "
-                    "encoder", "Encoder", "Improvement (%)"),
+        self.versus("model.encoder", "architectures", "Architectures: methods per encoder",
+                    "Encoder", "Improvement (%)"),
         self.variants(),
         self.ensembles(sweep_dir),
     ]
@@ -687,13 +691,16 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
     ax.legend()
     save(fig, "levels.png")
   if "table5_scaling" in by_name:
-    data = by_name["table5_scaling"].data
+    curves = {}  # arm -> {training size: cell}
+    for d in by_name["table5_scaling"].data:
+      curves.setdefault(d["arm"], {})[d["value"]] = d["a"]
+      curves.setdefault(d["versus"], {})[d["value"]] = d["b"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for side in ("baseline", "ours"):
-      x = [d["value"] for d in data]
-      ax.plot(x, [d[side]["mean"] for d in data], marker="o", label=side)
-      if all("low" in d[side] for d in data):
-        ax.fill_between(x, [d[side]["low"] for d in data], [d[side]["high"] for d in data],
+    for arm, by_size in curves.items():
+      x = sorted(by_size)
+      ax.plot(x, [by_size[v]["mean"] for v in x], marker="o", label=arm)
+      if all("low" in by_size[v] for v in x):
+        ax.fill_between(x, [by_size[v]["low"] for v in x], [by_size[v]["high"] for v in x],
                         alpha=0.2)
     ax.set_xscale("log")
     ax.set(xlabel="training-set size", ylabel=f"test {f_name}", title="Scaling (95% CI)")
@@ -708,8 +715,9 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
         ax.plot([c["low"], c["high"]], [i, i], color="C0")
       ax.plot([c["diff"]], [i], "o", color="C0")
     ax.axvline(0, color="gray", lw=1)
-    ax.set_yticks(range(len(data)), [str(d["value"]) for d in data])
-    ax.set(xlabel=f"Δ {f_name} (ours - baseline), 95% CI", title="Per-benchmark difference")
+    ax.set_yticks(range(len(data)), [f"{d['value']}: {d['arm']} − {d['versus']}" for d in data])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"Δ {f_name}, 95% CI", title="Per-benchmark paired differences")
     save(fig, "forest.png")
   return written
 

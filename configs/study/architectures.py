@@ -1,11 +1,13 @@
-"""Architectures: baseline vs 3D-R-DEP with each of the nine encoders (three CNNs, three ViTs,
-three conv-stem + transformer hybrids).
+"""Architectures: the core arms (and 3D-R-DEP at full scale) with each of the nine encoders
+(three CNNs, three ViTs, three conv-stem + transformer hybrids); at the embedded scale the
+smallest of each family, core arms only.
 """
 from configs.study import common
 from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa: F401
 
 ENCODERS = ("resnet10", "resnet18", "resnet34", "vit_ti", "vit_s", "vit_b", "hybrid_s",
             "hybrid_m", "hybrid_l")
+SMALLEST = ("resnet10", "vit_ti", "hybrid_s")  # One CNN, one ViT, one hybrid.
 
 
 def get_config(arg=None):
@@ -15,8 +17,9 @@ def get_config(arg=None):
 def sweep(arg=None):
   arg = common.parse(arg)
   runs = []
-  for encoder in ENCODERS:
-    for arm in (BASELINE_ARM, OURS_ARM):
+  arms = common.CORE_ARMS + (() if arg.runlocal else (OURS_ARM,))
+  for encoder in SMALLEST if arg.runlocal else ENCODERS:
+    for arm in arms:
       for seed in common.seeds(arg):
         runs += common.with_stage1({"arm": arm, "seed": seed, "model.encoder": encoder})
   yield from common.unique(runs)

@@ -1,8 +1,11 @@
-"""Table 5: baseline vs 3D-R-DEP over training-set sizes (a prefix of the benchmark's train
-split): 1K ... 100K at full scale; 250 ... 2,000 at the embedded scale.
+"""Table 5: vanilla, normal, depth and 3D-R-DEP over training-set sizes (a prefix of the
+benchmark's train split): 1K ... 100K at full scale; 250 ... 2,000 at the embedded scale.
+Auxiliary 2.5D supervision is expected to matter most when 3D data are few.
 """
 from configs.study import common
 from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa: F401
+
+ARMS = (BASELINE_ARM, "normal", "depth", OURS_ARM)
 
 
 def get_config(arg=None):
@@ -19,7 +22,7 @@ def sweep(arg=None):
   arg = common.parse(arg)
   runs = []
   for num_train in sizes(arg):
-    for arm in (BASELINE_ARM, OURS_ARM):
+    for arm in ARMS:
       for seed in common.seeds(arg):
         runs += common.with_stage1({"arm": arm, "seed": seed, "data.num_train": num_train})
   yield from common.unique(runs)
