@@ -32,7 +32,8 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # rtree: trimesh's ray caster and `contains`, the references of the mesh renderer.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "statsmodels>=0.14,<0.16", "rtree>=1.3,<2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "statsmodels>=0.14,<0.16", "rtree>=1.3,<2",
+                 "nbclient>=0.10,<0.12", "nbformat>=5.9,<6", "ipykernel>=6.29,<8"],
         # The PyTorch peer of benchmarks/torch_peer.py (CPU build).
         "benchmark": ["torch==2.13.0", "rtree>=1.3,<2"],
     },

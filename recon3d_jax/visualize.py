@@ -2,14 +2,13 @@
 learning curves."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+# Figures without pyplot: files only, and importing this module leaves the caller's backend
+# (a notebook's inline display) alone.
+from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-matplotlib.use("Agg")  # Files only; no display.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
-
-from recon3d_jax import metrics, writers  # noqa: E402
+from recon3d_jax import metrics, writers
 
 COLUMNS = ("input", "depth (pred)", "depth (true)", "normals (pred)", "normals (true)",
            "3D (pred)", "3D (true points)")
@@ -78,7 +77,7 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
     raise ValueError(f"unsupervised={unsupervised!r}: expected heads among {sorted(HEAD_COLUMNS)}")
   blank = {HEAD_COLUMNS[h] for h in unsupervised}
   n = min(num_instances, len(batch["image"]))
-  fig = plt.figure(figsize=(2.2 * len(COLUMNS), 2.2 * n))
+  fig = Figure(figsize=(2.2 * len(COLUMNS), 2.2 * n))
   for i in range(n):
     mask = batch["mask"][i] > 0.5
     fg_depth = batch["depth"][i][mask]
@@ -111,7 +110,6 @@ def save_prediction_grid(path: str, batch: dict, pred: dict, threshold: float,
   fig.suptitle("depth and normals shown on the true foreground", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 SAMPLE_COLUMNS = ("image", "depth", "normals", "mask", "3D surface points", "voxels")
@@ -129,7 +127,7 @@ def save_sample_grid(path: str, records: dict, title: str) -> None:
   """
   n = len(records["image"])
   cols = len(SAMPLE_COLUMNS)
-  fig = plt.figure(figsize=(2.2 * cols, 2.2 * n))
+  fig = Figure(figsize=(2.2 * cols, 2.2 * n))
   for i in range(n):
     mask = records["mask"][i] > 0
     lo, hi = _depth_range(records["depth"][i], mask)
@@ -154,7 +152,6 @@ def save_sample_grid(path: str, records: dict, title: str) -> None:
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 def save_level_grid(path: str, record: dict, targets: dict[str, dict], title: str) -> None:
@@ -166,7 +163,8 @@ def save_level_grid(path: str, record: dict, targets: dict[str, dict], title: st
   mask = record["mask"] > 0
   lo, hi = _depth_range(record["depth"], mask)
   names = list(targets)
-  fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.2 * (len(names) + 1), 4.6))
+  fig = Figure(figsize=(2.2 * (len(names) + 1), 4.6))
+  axes = fig.subplots(2, len(names) + 1)
   axes[0, 0].imshow(record["image"], interpolation="nearest")
   axes[0, 0].set_title("image", fontsize=9)
   axes[1, 0].set_axis_off()
@@ -183,7 +181,6 @@ def save_level_grid(path: str, record: dict, targets: dict[str, dict], title: st
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 VAL_IOU = "val/iou@0.5"
@@ -210,7 +207,8 @@ def save_learning_curves(path: str, rows: list[dict], arm: str | None = None) ->
   Missing keys are skipped, not errors, so runs of older code (no time/train_s) still plot.
   Losses get their own axis: their scale has nothing to do with IoU's [0, 1].
   """
-  fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))
+  by_step, by_time = fig.subplots(1, 2)
   handles = []
   steps, iou = _series(rows, "step", VAL_IOU)
   if len(iou):
@@ -238,4 +236,3 @@ def save_learning_curves(path: str, rows: list[dict], arm: str | None = None) ->
   fig.suptitle(f"learning curves: arm={arm}" if arm else "learning curves", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
