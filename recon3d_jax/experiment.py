@@ -235,6 +235,7 @@ def train_step_for(config: ml_collections.ConfigDict, model: models.ReconModel,
 
 
 def count_params(params) -> int:
+  """Scalars in a parameter pytree: the size that the log and cost.measure report."""
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
