@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from recon3d_jax import config_lib, cost, models, sharding, train
+from recon3d_jax import config_lib, cost, experiment, models, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (after a warm-up).")
@@ -46,12 +46,14 @@ def main(argv):
   rows = []
   for name in _ENCODERS.value:
     c = config_lib.apply_overrides(config, {"model.encoder": name})
-    model, tx = train.build_model(c), train.make_optimizer(c)
-    params = train.create_train_state(c, model, tx, mesh)["params"]
+    model, tx = experiment.build_model(c), experiment.make_optimizer(c)
+    params = experiment.create_train_state(c, model, tx, mesh)["params"]
     row = dict(benchmark="architecture_cost", encoder=name, image_size=c.data.image_size,
                batch_size=c.batch_size, eval_batch_size=c.eval.batch_size,
                points_per_step=c.data.points_per_step, arm=c.arm,
-               **cost.measure(c, model, params, mesh, repeats=_REPEATS.value))
+               **cost.measure(c, model, params, mesh, tx,
+                              experiment.train_step_for(c, model, tx, mesh),
+                              repeats=_REPEATS.value))
     print(json.dumps(row), flush=True)
     rows.append(row)
     del params

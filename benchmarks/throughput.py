@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from recon3d_jax import cost, sharding, train
+from recon3d_jax import cost, experiment, sharding
 from recon3d_jax.data import builder
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
@@ -43,10 +43,10 @@ def rendering(config, repeats: int) -> dict:
 
 def train_step(config, repeats: int) -> dict:
   mesh = sharding.make_mesh()
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  state = train.create_train_state(config, model, tx, mesh)
-  step = train.jit_train_step(train.make_train_step(model, tx, train.loss_weights_for(config)),
-                              mesh)
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
+  state = experiment.create_train_state(config, model, tx, mesh)
+  step = experiment.jit_train_step(
+      experiment.make_train_step(model, tx, experiment.loss_weights_for(config)), mesh)
   b, h, m = config.batch_size, config.data.image_size, config.data.points_per_step
   batch = sharding.shard_batch(cost.synthetic_batch(config, b), mesh)
   holder = {"state": state}
@@ -57,7 +57,7 @@ def train_step(config, repeats: int) -> dict:
 
   times = _time(run, repeats)
   return dict(benchmark="train_images_per_s", encoder=config.model.encoder, batch_size=b,
-              image_size=h, points_per_step=m, params=train.count_params(state["params"]),
+              image_size=h, points_per_step=m, params=experiment.count_params(state["params"]),
               value=b / float(np.median(times)), step_s_median=float(np.median(times)),
               times_s=times)
 

@@ -6,10 +6,11 @@
 
 The PyTorch model below mirrors recon3d_jax.models layer for layer for the ResNet encoders
 (stride-2 3x3 stem and basic blocks with GroupNorm, U-Net 2.5D head with bilinear upsampling,
-FiLM occupancy decoder), as do the loss (the config's arm, recon3d_jax.losses) and the optimizer
-(global-norm clipping, AdamW, warmup + cosine schedule). Before timing, the JAX parameters are
-copied into the PyTorch model and both compute the outputs, the loss and the gradient norm of
-the same batch: they must agree, so both sides train the same function with the same parameters.
+FiLM occupancy decoder), as do the loss (the config's arm, one of the core arms of
+recon3d_jax.arms) and the optimizer (global-norm clipping, AdamW, warmup + cosine schedule).
+Before timing, the JAX parameters are copied into the PyTorch model and both compute the outputs,
+the loss and the gradient norm of the same batch: they must agree, so both sides train the same
+function with the same parameters.
 
 Both run in this process on the same cores: --threads pins the process to that many cores
 (sched_setaffinity, which sizes XLA's CPU thread pool when JAX starts its backend) and sets
@@ -31,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from torch import nn
 
-from recon3d_jax import cost, losses, sharding, train
+from recon3d_jax import arms, cost, experiment, losses, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _ROUNDS = flags.DEFINE_integer("rounds", 6, "Timed rounds per framework (interleaved).")
@@ -206,7 +207,7 @@ def total_loss(outputs: dict, batch: dict, weights: dict) -> torch.Tensor:
 
 
 def make_optimizer(net: nn.Module, config) -> tuple[torch.optim.Optimizer, object]:
-  """AdamW with train.make_optimizer's schedule (linear warmup, cosine decay to 1%)."""
+  """AdamW with experiment.make_optimizer's schedule (linear warmup, cosine decay to 1%)."""
   o = config.optimizer
   opt = torch.optim.AdamW(net.parameters(), lr=o.learning_rate, weight_decay=o.weight_decay,
                           betas=(0.9, 0.999), eps=1e-8)
@@ -222,7 +223,7 @@ def make_optimizer(net: nn.Module, config) -> tuple[torch.optim.Optimizer, objec
 
 
 def make_train_step(net, optimizer, weights, clip_norm: float, compile_model: bool = False):
-  """step(batch) -> dict(loss, grad_norm, param_norm): train.make_train_step's update."""
+  """step(batch) -> dict(loss, grad_norm, param_norm): experiment.make_train_step's update."""
   opt, schedule = optimizer
   forward = torch.compile(net) if compile_model else net
 
@@ -371,8 +372,8 @@ def _check_mirrored(config) -> None:
   if m.get("decoder", "occupancy") != "occupancy" or m.get("pixel_aligned", False):
     problems.append(f"config.model.decoder={m.get('decoder')!r}, pixel_aligned="
                     f"{m.get('pixel_aligned')!r} (mirrored: the plain occupancy decoder)")
-  if config.arm not in ("vanilla", "normal", "depth", "both"):
-    problems.append(f"config.arm={config.arm!r} (mirrored: vanilla, normal, depth, both)")
+  if config.arm not in arms.core_arms():
+    problems.append(f"config.arm={config.arm!r} (mirrored: {', '.join(arms.core_arms())})")
   if problems:
     raise app.UsageError("the PyTorch peer does not mirror " + "; ".join(problems))
 
@@ -412,16 +413,16 @@ def main(argv):
       xla_flags=os.environ.get("XLA_FLAGS", ""), loadavg=_loadavg())))
 
   mesh = sharding.make_mesh(jax.devices()[:1])
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  state = train.create_train_state(config, model, tx, mesh)
-  weights = train.loss_weights_for(config)
-  jax_step = train.jit_train_step(train.make_train_step(model, tx, weights), mesh)
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
+  state = experiment.create_train_state(config, model, tx, mesh)
+  weights = experiment.loss_weights_for(config)
+  jax_step = experiment.jit_train_step(experiment.make_train_step(model, tx, weights), mesh)
   batch_np = cost.synthetic_batch(config, config.batch_size)
   jax_batch = sharding.shard_batch(batch_np, mesh)
 
   net = torch_model(config)
   load_flax_params(net, jax.tree.map(np.asarray, state["params"]))
-  jax_params, torch_params = train.count_params(state["params"]), count_params(net)
+  jax_params, torch_params = experiment.count_params(state["params"]), count_params(net)
   if jax_params != torch_params:
     raise AssertionError(f"parameter counts differ: JAX {jax_params}, PyTorch {torch_params}")
   check = check_equivalence(model, state["params"], net, batch_np, weights)

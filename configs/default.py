@@ -15,8 +15,7 @@ def get_config(arg=None):
                              supervision="clean", benchmark="primitives")
   c = config_lib.ml_collections.ConfigDict()
   c.seed = arg.seed
-  # vanilla | normal | depth | both: the controlled comparison (same model, loss weights differ);
-  # full (3D-R-DEP, see `rdep`), oracle, sketch, stage1 (recon3d_jax.losses.ARMS).
+  # A name in recon3d_jax.arms.ARMS, the table of what each arm trains and switches on.
   c.arm = arg.arm
 
   c.data = dict(

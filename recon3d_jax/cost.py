@@ -1,8 +1,10 @@
 """Cost of a model (docs/DESIGN.md section 7): parameters, train-step time, inference latency,
 memory.
 
-    from recon3d_jax import cost
-    cost.measure(config, model, params, mesh)
+    from recon3d_jax import cost, experiment
+    tx = experiment.make_optimizer(config)
+    step = experiment.train_step_for(config, model, tx, mesh)
+    cost.measure(config, model, params, mesh, tx, step)
     # {'params': 1615110, 'train_step_s': ..., 'infer_latency_b1_s': ..., ...}
 
 Timings are wall-clock medians over `repeats` calls after one warm-up call (compilation is done
@@ -18,10 +20,11 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recon3d_jax import models, sharding, train
+from recon3d_jax import experiment, models, sharding
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
@@ -76,15 +79,19 @@ def _device_peak_bytes(devices) -> int | None:
 
 
 def measure(config: ml_collections.ConfigDict, model: nn.Module, params, mesh: Mesh,
+            tx: optax.GradientTransformation,
+            train_step: Callable[[experiment.State, dict], tuple[experiment.State, dict]],
             repeats: int = 5) -> dict[str, Any]:
   """Measures the cost of `model` with `params` (replicated over `mesh`, as in training).
 
   Args:
-    config: the run's config (batch sizes, image size, points per step, optimizer, arm and its
-      instance weighting).
-    model: the run's model (train.build_model(config)).
+    config: the run's config (batch sizes, image size, points per step).
+    model: the run's model (experiment.build_model(config)).
     params: its parameters; not modified (the timed train steps update a copy).
     mesh: the data-parallel mesh (sharding.make_mesh()).
+    tx: the run's optimizer (experiment.make_optimizer(config)), whose state the step updates.
+    train_step: the run's jitted train step (experiment.train_step_for(config, model, tx, mesh)):
+      the caller's, so that what is timed is what trains.
     repeats: timed calls per measurement, after one warm-up call each.
 
   Returns:
@@ -109,14 +116,11 @@ def measure(config: ml_collections.ConfigDict, model: nn.Module, params, mesh: M
   replicated = sharding.replicated(mesh)
 
   # Train step, on a copy of the parameters: the jitted step donates its state.
-  tx = train.make_optimizer(config)
   state_params = jax.device_put(params, replicated, may_alias=False)
   state = {"step": jax.device_put(np.int32(0), replicated), "params": state_params,
            "opt_state": jax.jit(tx.init, out_shardings=replicated)(state_params)}
-  step = train.jit_train_step(train.make_train_step(
-      model, tx, train.loss_weights_for(config), train.instance_weighting_for(config)), mesh)
   batch = sharding.shard_batch(synthetic_batch(config, config.batch_size), mesh)
-  compiled_step = step.lower(state, batch).compile()
+  compiled_step = train_step.lower(state, batch).compile()
   holder = {"state": state}
 
   def run_step():
@@ -149,7 +153,7 @@ def measure(config: ml_collections.ConfigDict, model: nn.Module, params, mesh: M
 
   device_peak = _device_peak_bytes(mesh.devices.flat)
   return dict(
-      params=train.count_params(params),
+      params=experiment.count_params(params),
       train_step_s=train_step_s,
       infer_latency_b1_s=infer_b1_s,
       infer_latency_batch_s=infer_batch_s,

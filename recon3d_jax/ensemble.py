@@ -58,10 +58,10 @@ def average(preds: list[dict]) -> dict:
 def evaluate_ensemble(workdirs: list[str], out_dir: str) -> dict:
   """Evaluates the ensemble of `workdirs` into OUT_DIR/eval; returns the test summary."""
   from recon3d_jax import (  # pylint: disable=import-outside-toplevel
-      baselines, evaluate, metrics, sharding)
+      baselines, evaluate, experiment, metrics, sharding)
   from recon3d_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh()
-  members = [evaluate.load(w, mesh=mesh) for w in workdirs]
+  members = [experiment.load(w, mesh=mesh) for w in workdirs]
   config = members[0][2]
   reference = {k: v for k, v in config_lib.flatten(config.to_dict()).items() if k not in COMPARED}
   for workdir, (_, _, c) in zip(workdirs, members):

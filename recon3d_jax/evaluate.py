@@ -1,12 +1,11 @@
-"""Evaluation: per-instance 3D and 2.5D metrics, the eval-only entry, and `load` for notebooks.
+"""Evaluation: per-instance 3D and 2.5D metrics and the eval-only entry.
 
     python -m recon3d_jax.evaluate --workdir=DIR              # re-evaluates a trained run
     python -m recon3d_jax.evaluate --workdir=DIR --untrained  # same config, initial parameters
     python -m recon3d_jax.evaluate --workdir=DIR --baselines_only  # only the baselines, no model
     python -m recon3d_jax.evaluate --baselines_only --config=configs/default.py --out=DIR
 
-    from recon3d_jax import evaluate
-    model, params, config = evaluate.load("DIR")
+A trained run for a notebook: `experiment.load(workdir)` -> (model, params, config).
 
 Protocol (docs/DESIGN.md section 7): the occupancy threshold - used for IoU and as the
 marching-cubes level - is chosen on the validation split only, by mean IoU over
@@ -39,12 +38,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from recon3d_jax import (baselines, config_lib, losses, metrics, mise, models, sharding, visualize,
-                         writers)
+from recon3d_jax import (baselines, config_lib, cost, experiment, losses, metrics, mise, models,
+                         sharding, visualize, writers)
 from recon3d_jax.data import pipeline
 
 GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (voxel centres).
@@ -257,8 +255,7 @@ def evaluate_split(model, params, config, source, mesh, threshold: float) -> tup
 
 def unsupervised_heads(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Prediction heads whose loss weight is 0 in the run (e.g. depth in the `normal` arm)."""
-  from recon3d_jax import train  # Local: train imports this module.
-  weights = train.loss_weights_for(config)
+  weights = experiment.loss_weights_for(config)
   return tuple(head for head in visualize.HEAD_COLUMNS if weights[head] == 0)
 
 
@@ -289,8 +286,10 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
                  summary["mesh_grid"]["grid_points"])
   summary["baselines"] = _baselines(config, sources, eval_dir)
   if config.eval.cost_repeats:
-    from recon3d_jax import cost  # Local: cost imports train, which imports this module.
-    summary["cost"] = cost.measure(config, model, params, mesh, repeats=config.eval.cost_repeats)
+    tx = experiment.make_optimizer(config)
+    summary["cost"] = cost.measure(config, model, params, mesh, tx,
+                                   experiment.train_step_for(config, model, tx, mesh),
+                                   repeats=config.eval.cost_repeats)
     logging.info("Cost: %s", summary["cost"])
   writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
   return dict(summary["test"], threshold=threshold) if "test" in summary else summary
@@ -328,48 +327,6 @@ def write_baselines_only(config: ml_collections.ConfigDict, eval_dir: str) -> di
   return entry
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading a trained run.
-# ---------------------------------------------------------------------------------------------
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json; eval settings of older runs are brought up to date (upgrade_eval), with
-  a logged note, so that any finished run can be re-evaluated."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json; expected the workdir "
-                                 "of a training run")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  for note in config_lib.upgrade_eval(config):
-    logging.info("%s: %s", path, note)
-  return config
-
-
-def load(workdir: str, step: int | None = None, mesh=None, untrained: bool = False):
-  """Restores a run: returns (model, params, config).
-
-  Latest checkpoint unless `step` is given; `untrained=True` gives the run's initial parameters
-  instead (seed config.seed), a chance-level baseline.
-  """
-  from recon3d_jax import train  # Local: train imports this module.
-  config = load_config(workdir)
-  mesh = mesh or sharding.make_mesh()
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  if untrained:
-    return model, train.create_train_state(config, model, tx, mesh)["params"], config
-  manager = train.checkpoint_manager(workdir, config)
-  step = step if step is not None else manager.latest_step()
-  if step is None:
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint; expected a trained run")
-  abstract = jax.eval_shape(lambda: train.create_train_state(config, model, tx, mesh))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
-      abstract)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))
-  return model, restored["state"]["params"], config
-
-
 FLAGS = flags.FLAGS
 
 
@@ -399,10 +356,10 @@ def main(argv) -> None:
   try:
     check_flags(FLAGS.workdir, _CONFIG.value, FLAGS.out, FLAGS.baselines_only, FLAGS.untrained)
     if FLAGS.baselines_only:
-      config = load_config(FLAGS.workdir) if _CONFIG.value is None else _CONFIG.value
+      config = experiment.load_config(FLAGS.workdir) if _CONFIG.value is None else _CONFIG.value
       write_baselines_only(config, FLAGS.out or os.path.join(FLAGS.workdir, "eval"))
       return
-    model, params, config = load(FLAGS.workdir, untrained=FLAGS.untrained)
+    model, params, config = experiment.load(FLAGS.workdir, untrained=FLAGS.untrained)
     evaluate_and_write(model, params, config, FLAGS.workdir, pipeline.load_sources(config.data),
                        sharding.make_mesh(), subdir="eval_untrained" if FLAGS.untrained else "eval")
   except config_lib.ConfigError as e:

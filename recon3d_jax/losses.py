@@ -10,36 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-TERMS = ('occupancy', 'normal', 'depth', 'silhouette')
-
-# Which terms each study arm switches on (1) or off (0); `arm_weights` scales them. Every arm
-# trains the same model with all heads; the silhouette counts as part of the 2.5D supervision (a
-# foreground mask comes with any depth or normal label), so `vanilla` has the 3D loss only.
 # `occupancy` is the 3D loss of either decoder (query-point or voxel cross-entropy, `loss_terms`).
-# The arms beyond the four of the controlled comparison change the model or its input as well
-# (recon3d_jax.train.build_model): `full` (3D-R-DEP: weighted by instance weights), `oracle`
-# (true 2.5D maps as input) and `sketch` (3D from predicted 2.5D maps) train every term like
-# `both`; `stage1` trains the 2.5D estimation only, to pretrain the encoder of `full`.
-ARMS = {
-    'vanilla': dict(occupancy=1.0, normal=0.0, depth=0.0, silhouette=0.0),
-    'normal': dict(occupancy=1.0, normal=1.0, depth=0.0, silhouette=1.0),
-    'depth': dict(occupancy=1.0, normal=0.0, depth=1.0, silhouette=1.0),
-    'both': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
-    'full': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
-    'oracle': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
-    'sketch': dict(occupancy=1.0, normal=1.0, depth=1.0, silhouette=1.0),
-    'stage1': dict(occupancy=0.0, normal=1.0, depth=1.0, silhouette=1.0),
-}
-
-
-def arm_weights(arm: str, normal_weight: float = 1.0, depth_weight: float = 1.0,
-                silhouette_weight: float = 0.1) -> dict[str, float]:
-  """Loss weights dict(occupancy, normal, depth, silhouette) of a study arm."""
-  if arm not in ARMS:
-    raise ValueError(f'unknown arm {arm!r}; expected one of {sorted(ARMS)}')
-  scale = dict(occupancy=1.0, normal=normal_weight, depth=depth_weight,
-               silhouette=silhouette_weight)
-  return {k: ARMS[arm][k] * scale[k] for k in TERMS}
+# Which terms an arm weights, and by how much, is recon3d_jax.arms.
+TERMS = ('occupancy', 'normal', 'depth', 'silhouette')
 
 
 def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
@@ -115,7 +88,7 @@ def total_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
     batch: targets: occ (B,M) labels, depth (B,H,W), normal (B,H,W,3), mask (B,H,W) in {0,1};
       optional depth_valid / normal_valid (B,H,W), defaulting to mask; voxels (B,R,R,R) for the
       voxel decoder.
-    weights: one weight per term in TERMS (see `arm_weights`).
+    weights: one weight per term in TERMS (see `arms.loss_weights`).
     instance_weights: optional (B,) weights summing to 1; default: the plain batch mean.
       sum_i w_i L_i = mean_i (B w_i) L_i, so uniform weights give the plain mean.
     weighted_terms: the terms instance_weights multiply; the others are plain batch means.

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from recon3d_jax import stats, sweeps
+from recon3d_jax import arms, stats, sweeps
 from recon3d_jax.data.corrupt import LEVELS
 
 IGNORED = ("seed", "init_from")  # Replicates and links, not factors of a cell.
@@ -43,7 +43,6 @@ VARIANT_KEYS = ("data.curriculum", "data.max_level")  # Negative results: varian
 REFERENCE_LABELS = {"mean_shape": "mean shape (reference)",
                     "retrieval": "retrieval (reference)",
                     "retrieval_oracle": "retrieval oracle (reference; uses test GT)"}
-PRETRAINING_ARM = "stage1"
 
 Units = dict  # seed (or ensemble) -> {instance key: value}
 
@@ -101,7 +100,7 @@ def select(runs: list[RunResult], base: dict, free: set) -> list[RunResult]:
   at the base config's values."""
   out = []
   for run in runs:
-    if run.state != "done" or run.value("arm", base) == PRETRAINING_ARM:
+    if run.state != "done" or run.value("arm", base) == arms.pretraining_arm():
       continue
     if all(run.overrides[k] == base.get(k) for k in set(run.overrides) - free - set(IGNORED)):
       out.append(run)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recon3d_jax import config_lib, cost, sharding, train
+from recon3d_jax import config_lib, cost, experiment, sharding
 
 KEYS = {"params", "train_step_s", "infer_latency_b1_s", "infer_latency_batch_s",
         "peak_memory_bytes", "peak_memory_source", "platform", "device_kind", "num_devices"}
@@ -17,10 +17,11 @@ KEYS = {"params", "train_step_s", "infer_latency_b1_s", "infer_latency_batch_s",
 def measured(tiny_config):
   """(config, model, params, params before measuring as numpy, mesh, result of measure)."""
   mesh = sharding.make_mesh()
-  model = train.build_model(tiny_config)
-  state = train.create_train_state(tiny_config, model, train.make_optimizer(tiny_config), mesh)
+  model, tx = experiment.build_model(tiny_config), experiment.make_optimizer(tiny_config)
+  state = experiment.create_train_state(tiny_config, model, tx, mesh)
   before = jax.tree.map(np.asarray, state["params"])
-  result = cost.measure(tiny_config, model, state["params"], mesh, repeats=2)
+  step = experiment.train_step_for(tiny_config, model, tx, mesh)
+  result = cost.measure(tiny_config, model, state["params"], mesh, tx, step, repeats=2)
   return tiny_config, model, state["params"], before, mesh, result
 
 
@@ -78,4 +79,5 @@ def test_batch_not_divisible_by_devices_is_an_error(measured):
   config, model, params, _, mesh, _ = measured
   bad = config_lib.apply_overrides(config, {"batch_size": 12})
   with pytest.raises(ValueError, match="batch_size=12.*multiple of the device count 8"):
-    cost.measure(bad, model, params, mesh)
+    tx = experiment.make_optimizer(bad)
+    cost.measure(bad, model, params, mesh, tx, experiment.train_step_for(bad, model, tx, mesh))

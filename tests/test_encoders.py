@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recon3d_jax import losses
+from recon3d_jax import arms, losses
 from recon3d_jax import models
 
 FAMILIES = dict(cnn=('resnet10', 'resnet18', 'resnet34'), vit=('vit_ti', 'vit_s', 'vit_b'),
@@ -62,7 +62,7 @@ def test_gradients_are_finite_and_reach_every_parameter(name):
 
   def loss_fn(params):
     outputs = model.apply({'params': params}, images, points)
-    return losses.total_loss(outputs, batch, losses.arm_weights('both'))[0]
+    return losses.total_loss(outputs, batch, arms.loss_weights('both'))[0]
 
   def init_and_grad():  # One compilation for init and the gradient.
     return jax.value_and_grad(loss_fn)(model.init(KEY, images, points)['params'])

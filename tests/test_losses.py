@@ -96,25 +96,16 @@ def test_holes_never_reach_loss_or_gradient(data):
   assert not grads[0][0, 0].any() and not grads[1][0, 0].any()
 
 
-def test_arms_and_arm_weights():
-  assert losses.ARMS['vanilla'] == dict(occupancy=1.0, normal=0.0, depth=0.0, silhouette=0.0)
-  assert losses.arm_weights('vanilla') == losses.ARMS['vanilla']
-  assert losses.arm_weights('normal') == dict(occupancy=1.0, normal=1.0, depth=0.0,
-                                              silhouette=0.1)
-  assert losses.arm_weights('depth', depth_weight=2.0) == dict(occupancy=1.0, normal=0.0,
-                                                               depth=2.0, silhouette=0.1)
-  assert losses.arm_weights('both', 0.5, 0.25, 0.2) == dict(occupancy=1.0, normal=0.5,
-                                                            depth=0.25, silhouette=0.2)
+def _weights(occupancy=1.0, normal=1.0, depth=1.0, silhouette=0.1):
+  return dict(occupancy=occupancy, normal=normal, depth=depth, silhouette=silhouette)
 
 
-def test_unknown_arm_lists_valid_arms():
-  with pytest.raises(ValueError, match=r"unknown arm 'nromal'.*'both', 'depth', 'full', 'normal'"):
-    losses.arm_weights('nromal')
+VANILLA = _weights(normal=0.0, depth=0.0, silhouette=0.0)
 
 
 def test_total_loss_is_weighted_sum_of_terms(data):
   outputs, batch = data
-  weights = losses.arm_weights('both', 0.5, 2.0, 0.3)
+  weights = _weights(normal=0.5, depth=2.0, silhouette=0.3)
   loss, stats = losses.total_loss(outputs, batch, weights)
   terms = dict(
       occupancy=losses.occupancy_loss(outputs['occ_logits'], batch['occ']),
@@ -139,21 +130,21 @@ def test_total_loss_is_weighted_sum_of_terms(data):
 def test_zero_weight_terms_are_logged_but_inert(data):
   outputs, batch = data
   grad_fn = jax.grad(losses.total_loss, has_aux=True)
-  grads, stats = grad_fn(outputs, batch, losses.arm_weights('vanilla'))
+  grads, stats = grad_fn(outputs, batch, VANILLA)
   for k in ('depth', 'normal', 'mask_logits'):
     assert not np.asarray(grads[k]).any(), k
   assert stats['loss/depth'] > 0 and stats['loss/normal'] > 0
   # Changing the 2.5D predictions leaves the vanilla loss unchanged.
   other = dict(outputs, depth=outputs['depth'] + 1.0, mask_logits=-outputs['mask_logits'])
-  np.testing.assert_array_equal(losses.total_loss(other, batch, losses.ARMS['vanilla'])[0],
-                                losses.total_loss(outputs, batch, losses.ARMS['vanilla'])[0])
-  grads, _ = grad_fn(outputs, batch, losses.arm_weights('both'))
+  np.testing.assert_array_equal(losses.total_loss(other, batch, VANILLA)[0],
+                                losses.total_loss(outputs, batch, VANILLA)[0])
+  grads, _ = grad_fn(outputs, batch, _weights())
   assert all(np.asarray(grads[k]).any() for k in ('depth', 'normal', 'mask_logits'))
 
 
 def test_validity_masks_default_to_mask(data):
   outputs, batch = data
-  weights = losses.arm_weights('both')
+  weights = _weights()
   explicit = dict(batch, depth_valid=batch['mask'], normal_valid=batch['mask'])
   np.testing.assert_array_equal(losses.total_loss(outputs, explicit, weights)[0],
                                 losses.total_loss(outputs, batch, weights)[0])
@@ -182,7 +173,7 @@ def test_voxel_loss_replaces_the_point_loss_for_the_voxel_decoder(data):
 
 def test_instance_weights_multiply_only_the_weighted_terms(data):
   outputs, batch = data
-  weights = losses.arm_weights('both', 0.5, 2.0, 0.3)
+  weights = _weights(normal=0.5, depth=2.0, silhouette=0.3)
   terms = {k: np.asarray(v, np.float64) for k, v in losses.loss_terms(outputs, batch).items()}
   w = np.array([0.6, 0.3, 0.1], np.float32)
   got, _ = losses.total_loss(outputs, batch, weights, w, weighted_terms=('normal', 'depth'))
@@ -196,10 +187,3 @@ def test_instance_weights_multiply_only_the_weighted_terms(data):
   with pytest.raises(ValueError, match="weighted_terms must be among"):
     losses.total_loss(outputs, batch, weights, w, weighted_terms=('normals',))
 
-
-def test_new_arms():
-  both = losses.arm_weights('both')
-  for arm in ('full', 'oracle', 'sketch'):
-    assert losses.arm_weights(arm) == both, arm
-  assert losses.arm_weights('stage1') == dict(occupancy=0.0, normal=1.0, depth=1.0,
-                                              silhouette=0.1)

@@ -6,7 +6,7 @@ import optax
 import pytest
 from scipy import interpolate, ndimage
 
-from recon3d_jax import losses
+from recon3d_jax import arms, losses
 from recon3d_jax import models
 from recon3d_jax.data import synth
 from recon3d_jax.geometry import camera
@@ -45,7 +45,7 @@ def training(tiny):
                depth=jnp.full((B, S, S), 2.0), normal=jnp.zeros((B, S, S, 3)).at[..., 2].set(1.0),
                mask=(images[..., 0] > 0.5).astype(jnp.float32))
   tx = optax.adam(3e-3)
-  weights = losses.arm_weights('both')
+  weights = arms.loss_weights('both')
 
   def loss_fn(params):
     return losses.total_loss(model.apply({'params': params}, images, points), batch, weights)

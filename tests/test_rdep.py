@@ -6,9 +6,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from recon3d_jax import config_lib, losses, sharding, train, weighting
+from recon3d_jax import config_lib, experiment, losses, sharding, train, weighting
 
 B, S, M = 8, 32, 64
 
@@ -24,10 +25,10 @@ def _fake_stage1_run(config, workdir, seed):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json())
   mesh = sharding.make_mesh()
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  state = train.create_train_state(config, model, tx, mesh)
-  manager = train.checkpoint_manager(workdir, config)
-  manager.save(1, args=train.ocp.args.Composite(state=train.ocp.args.StandardSave(state)))
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
+  state = experiment.create_train_state(config, model, tx, mesh)
+  manager = experiment.checkpoint_manager(workdir, config)
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
   return state
 
@@ -44,7 +45,7 @@ def _num_params(tree) -> int:
 
 
 def _param_shapes(config):
-  model = train.build_model(config)
+  model = experiment.build_model(config)
   images = jnp.zeros((1, S, S, 7 if config.arm == "oracle" else 3))
   return jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), images,
                         jnp.zeros((1, M, 3)))["params"]
@@ -55,17 +56,17 @@ def test_feature_extraction_needs_a_stage1_run(tiny_config, tmp_path):
                      "arm=stage1, then pass its workdir as --config.init_from=WORKDIR"):
     train.train_and_evaluate(_config(tiny_config, arm="full"), str(tmp_path))
   with pytest.raises(config_lib.ConfigError, match="init_from='/x' is only used by arm='full'"):
-    config_lib.validate(_config(tiny_config, init_from="/x"))
+    experiment.validate(_config(tiny_config, init_from="/x"))
 
 
 def test_init_from_loads_the_stage1_encoder_and_nothing_else(tiny_config, stage1_run):
   workdir, stage1 = stage1_run
   config = _config(tiny_config, arm="full", init_from=workdir)
   mesh = sharding.make_mesh()
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  fresh = train.create_train_state(config, model, tx, mesh)
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
+  fresh = experiment.create_train_state(config, model, tx, mesh)
   fresh_params = jax.device_get(fresh["params"])
-  loaded = jax.device_get(train.init_encoder_from(fresh, config.init_from, mesh)["params"])
+  loaded = jax.device_get(experiment.init_encoder_from(fresh, config.init_from, mesh)["params"])
   jax.tree.map(np.testing.assert_array_equal, loaded["backbone"], stage1["backbone"])
   assert not np.array_equal(fresh_params["backbone"]["code"]["kernel"],
                             stage1["backbone"]["code"]["kernel"])  # Seeds differ: a real load.
@@ -76,19 +77,19 @@ def test_init_from_loads_the_stage1_encoder_and_nothing_else(tiny_config, stage1
 def test_init_from_errors_name_the_problem(tiny_config, stage1_run, tmp_path):
   mesh = sharding.make_mesh()
   config = _config(tiny_config, arm="full", **{"model.encoder_width": 16})
-  state = jax.eval_shape(lambda: train.create_train_state(
-      config, train.build_model(config), train.make_optimizer(config), mesh))
+  state = jax.eval_shape(lambda: experiment.create_train_state(
+      config, experiment.build_model(config), experiment.make_optimizer(config), mesh))
   with pytest.raises(config_lib.ConfigError, match="init_from='/nonexistent'.*no config.json"):
-    train.init_encoder_from(state, "/nonexistent", mesh)
+    experiment.init_encoder_from(state, "/nonexistent", mesh)
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "config.json").write_text(_config(tiny_config, arm="stage1").to_json())
   with pytest.raises(config_lib.ConfigError, match="has no checkpoint"):
-    train.init_encoder_from(state, str(empty), mesh)
+    experiment.init_encoder_from(state, str(empty), mesh)
   with pytest.raises(config_lib.ConfigError,  # A model twice as wide as the stage-1 run.
                      match=r"does not match this model's at backbone\['ResNetStages_0'\]\[.*"
                      r"checkpoint has \([0-9, ]*8\), this model has \([0-9, ]*16\)"):
-    train.init_encoder_from(state, stage1_run[0], mesh)
+    experiment.init_encoder_from(state, stage1_run[0], mesh)
 
 
 def test_parameter_counts_across_arms(tiny_config):
@@ -119,9 +120,9 @@ def test_parameter_counts_across_arms(tiny_config):
 ])
 def test_ablation_switches(tiny_config, ablation, projection, scorer, kl):
   config = _config(tiny_config, arm="full", init_from="/stage1", **ablation)
-  model = train.build_model(config)
+  model = experiment.build_model(config)
   assert bool(model.projection_dim) == projection and bool(model.scorer_hidden) == scorer
-  weighting_config = train.instance_weighting_for(config)
+  weighting_config = experiment.instance_weighting_for(config)
   if kl is None:
     assert weighting_config is None
   else:
@@ -137,7 +138,7 @@ def test_ablation_switches(tiny_config, ablation, projection, scorer, kl):
 ])
 def test_bad_rdep_and_model_values_are_named(tiny_config, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(")):
-    config_lib.validate(_config(tiny_config, **overrides))
+    experiment.validate(_config(tiny_config, **overrides))
 
 
 def _synthetic_batch(levels):
@@ -156,9 +157,9 @@ def test_weighted_step_is_the_same_on_one_and_eight_devices(tiny_config):
   assert jax.device_count() == 8
   config = _config(tiny_config, arm="full", **{"rdep.feature_extraction": False})
   batch = _synthetic_batch([0, 4, 0, 4, 1, 3, 0, 4])
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  step_fn = train.make_train_step(model, tx, train.loss_weights_for(config),
-                                  train.instance_weighting_for(config))
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
+  step_fn = experiment.make_train_step(model, tx, experiment.loss_weights_for(config),
+                                  experiment.instance_weighting_for(config))
 
   def weights_and_terms(params, batch):  # What the step sees, recomputed eagerly from its parts.
     out = model.apply({"params": params}, batch["image"], batch["points"])
@@ -168,13 +169,14 @@ def test_weighted_step_is_the_same_on_one_and_eight_devices(tiny_config):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
-    state = train.create_train_state(config, model, tx, mesh)
+    state = experiment.create_train_state(config, model, tx, mesh)
     # A random scorer output layer: non-uniform weights from the first step.
     kernel = state["params"]["scorer"]["score"]["kernel"]
     noise = jax.random.normal(jax.random.key(1), kernel.shape)
     state["params"]["scorer"]["score"]["kernel"] = jax.device_put(noise, kernel.sharding)
     initial = jax.device_get(state["params"])
-    state, stats = train.jit_train_step(step_fn, mesh)(state, sharding.shard_batch(batch, mesh))
+    step = experiment.jit_train_step(step_fn, mesh)
+    state, stats = step(state, sharding.shard_batch(batch, mesh))
     results.append((initial, jax.device_get(stats), jax.device_get(state["params"])))
   (initial, stats1, params1), (_, stats8, params8) = results
   for key in ("weights/entropy", "weights/max", "weights/corr_level", "loss/kl", "loss/total"):
@@ -191,7 +193,7 @@ def test_weighted_step_is_the_same_on_one_and_eight_devices(tiny_config):
   np.testing.assert_allclose(stats1["loss/kl"], kl, rtol=1e-3, atol=1e-7)
   np.testing.assert_allclose(stats1["weights/corr_level"],
                              np.corrcoef(w, batch["level"])[0, 1], rtol=1e-4)
-  loss_weights = train.loss_weights_for(config)
+  loss_weights = experiment.loss_weights_for(config)
   per_instance = sum(loss_weights[k] * np.asarray(terms1[k], np.float64) for k in losses.TERMS)
   np.testing.assert_allclose(stats1["loss/total"],
                              np.sum(w * per_instance) + config.rdep.kl_weight * kl, rtol=1e-5)
@@ -200,14 +202,14 @@ def test_weighted_step_is_the_same_on_one_and_eight_devices(tiny_config):
 def test_oracle_state_is_created_with_seven_input_channels(tiny_config):
   """create_train_state initialises the oracle's stem for image + depth + normal channels."""
   config = _config(tiny_config, arm="oracle")
-  model, tx = train.build_model(config), train.make_optimizer(config)
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train.create_train_state(config, model, tx, mesh)
+  state = experiment.create_train_state(config, model, tx, mesh)
   stem = state["params"]["backbone"]["ResNetStages_0"]["stem"]["kernel"]
   assert stem.shape[2] == 7
   batch = dict(_synthetic_batch([0] * B), depth_clean=np.full((B, S, S), 2.0, np.float32),
                normal_clean=np.zeros((B, S, S, 3), np.float32))
-  step = train.jit_train_step(train.make_train_step(model, tx, train.loss_weights_for(config)),
-                              mesh)
+  step = experiment.jit_train_step(
+      experiment.make_train_step(model, tx, experiment.loss_weights_for(config)), mesh)
   _, stats = step(state, sharding.shard_batch(batch, mesh))
   assert np.isfinite(float(stats["loss/total"]))

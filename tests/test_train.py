@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from recon3d_jax import config_lib, evaluate, metrics, sharding, train, writers
+from recon3d_jax import config_lib, evaluate, experiment, metrics, sharding, train, writers
 from recon3d_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def test_evaluation_mise_mesh_matches_the_dense_grid(uninterrupted):
   """On the trained tiny model, at the run's threshold: MISE's grid without upsampling is the
   directly decoded dense grid, and MISE to 33 points per side meshes like the dense 33^3 grid."""
   workdir, _ = uninterrupted
-  model, params, config = evaluate.load(workdir)
+  model, params, config = experiment.load(workdir)
   with open(os.path.join(workdir, "eval", "summary.json")) as f:
     threshold = json.load(f)["threshold"]
   mesh = sharding.make_mesh()
@@ -105,10 +105,10 @@ def test_older_configs_get_the_current_eval_settings(tiny_config, tmp_path):
   saved["eval"]["grid_resolution"] = 32
   with open(tmp_path / "config.json", "w") as f:
     json.dump(saved, f)
-  config = evaluate.load_config(str(tmp_path))
+  config = experiment.load_config(str(tmp_path))
   assert "grid_resolution" not in config.eval
   assert (config.eval.mise_resolution0, config.eval.mise_upsampling_steps) == (32, 2)
-  config_lib.validate(config)
+  experiment.validate(config)
   from configs import default
   current = default.get_config().eval
   assert config_lib.EVAL_DEFAULTS == {k: current[k] for k in config_lib.EVAL_DEFAULTS}
@@ -152,7 +152,7 @@ def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_con
   monkeypatch.setattr(writers.MetricWriter, "write", crash_at_step_6)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(tiny_config, workdir)
-  assert train.checkpoint_manager(workdir, tiny_config).latest_step() == 4
+  assert experiment.checkpoint_manager(workdir, tiny_config).latest_step() == 4
   monkeypatch.undo()
 
   state_b = train.train_and_evaluate(tiny_config, workdir)  # The same call resumes.
@@ -172,13 +172,14 @@ def test_one_and_eight_devices_give_the_same_step(tiny_config):
   source = pipeline.load_sources(config.data)["train"]
   batch = next(iter(pipeline.train_loader(source, global_batch_size=8,
                                           points_per_step=config.data.points_per_step, seed=0)))
-  model, tx = train.build_model(config), train.make_optimizer(config)
-  step_fn = train.make_train_step(model, tx, train.loss_weights_for(config))
+  model, tx = experiment.build_model(config), experiment.make_optimizer(config)
+  step_fn = experiment.make_train_step(model, tx, experiment.loss_weights_for(config))
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
-    state = train.create_train_state(config, model, tx, mesh)
-    state, stats = train.jit_train_step(step_fn, mesh)(state, sharding.shard_batch(batch, mesh))
+    state = experiment.create_train_state(config, model, tx, mesh)
+    step = experiment.jit_train_step(step_fn, mesh)
+    state, stats = step(state, sharding.shard_batch(batch, mesh))
     results.append((jax.device_get(stats), jax.device_get(state["params"])))
   (stats1, params1), (stats8, params8) = results
   for key in stats1:
@@ -189,7 +190,7 @@ def test_one_and_eight_devices_give_the_same_step(tiny_config):
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
                                                                         monkeypatch):
-  make_step = train.make_train_step
+  make_step = experiment.make_train_step
 
   def poisoned(*args):
     step_fn = make_step(*args)
@@ -201,12 +202,12 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_con
       return new_state, stats
     return step
 
-  monkeypatch.setattr(train, "make_train_step", poisoned)
+  monkeypatch.setattr(experiment, "make_train_step", poisoned)
   workdir = str(tmp_path)
   with pytest.raises(FloatingPointError, match="at step 5"):
     train.train_and_evaluate(tiny_config, workdir)
-  assert train.checkpoint_manager(workdir, tiny_config).latest_step() == 4
-  _, params, _ = evaluate.load(workdir)
+  assert experiment.checkpoint_manager(workdir, tiny_config).latest_step() == 4
+  _, params, _ = experiment.load(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from recon3d_jax import losses, models, train
+from recon3d_jax import arms, experiment, models
 
 B, S, M, R = 2, 32, 16, 8
 TINY = dict(encoder_width=8, code_dim=16, head_width=8, decoder_hidden=16, decoder_blocks=2,
@@ -64,7 +64,7 @@ def test_train_step(encoder, decoder, batch):
   assert all(np.isfinite(v).all() for v in out.values())
   tx = optax.adam(1e-3)
   state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-  step_fn = train.make_train_step(model, tx, losses.arm_weights('both'))
+  step_fn = experiment.make_train_step(model, tx, arms.loss_weights('both'))
   traces = []
 
   def counted(state, batch):

@@ -13,14 +13,14 @@ Arguments (`configs/study/main.py:runlocal,seeds=2`):
 - `seeds`: number of seeds per cell (0 keeps the scale's default).
 """
 from configs import default
-from recon3d_jax import config_lib
+from recon3d_jax import arms, config_lib
 
 PRIMARY_METRIC = "fscore@0.02"
 BASELINE_ARM = "vanilla"
 OURS_ARM = "full"
-ARMS = ("vanilla", "normal", "depth", "both", "full", "oracle", "sketch")
+ARMS = arms.study_arms()
 # The controlled comparison (same model, loss weights differ): the most seeds.
-CORE_ARMS = ("vanilla", "normal", "depth", "both")
+CORE_ARMS = arms.core_arms()
 LEVELS = ("minimal", "low", "medium", "high", "extreme")
 RDEP_COMPONENTS = ("feature_extraction", "adaptive_weighting", "regularization")
 
@@ -82,12 +82,14 @@ def benchmarks(arg) -> tuple[str, ...]:
 
 
 def with_stage1(run: dict) -> list[dict]:
-  """[run] plus, for arm=full with feature extraction, its stage1 (2.5D-only pretraining) run:
-  the same overrides with arm=stage1 and no 3D-R-DEP switches; `init_from` refers to it."""
-  if run.get("arm") != "full" or not run.get("rdep.feature_extraction", True):
+  """[run] plus, for a 3D-R-DEP arm with feature extraction, its stage1 (2.5D-only pretraining)
+  run: the same overrides with the pretraining arm and no 3D-R-DEP switches; `init_from` refers
+  to it."""
+  arm = run.get("arm", BASELINE_ARM)
+  if not arms.needs_stage1(arm, run.get("rdep.feature_extraction", True)):
     return [run]
   stage1 = {k: v for k, v in run.items() if not k.startswith("rdep.")}
-  stage1["arm"] = "stage1"
+  stage1["arm"] = arms.pretraining_arm()
   return [stage1, dict(run, init_from=stage1)]
 
 

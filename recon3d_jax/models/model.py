@@ -2,7 +2,7 @@
 
 The four arms of the controlled comparison (vanilla/normal/depth/both) use this same model with
 the same parameters and differ only in loss weights. The other arms switch on parts that are off
-by default (recon3d_jax.train.build_model):
+by default (recon3d_jax.experiment.build_model):
   * oracle: `input_maps` - the true depth and normals are extra input channels (7 in all); only the
     encoder's first layer changes.
   * sketch (MarrNet-style two stages): the 3D decoder reads a second, small encoder (ResNet-10 at
