@@ -11,6 +11,7 @@ import time
 
 import grain.python as grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -31,18 +32,29 @@ RESUMABLE_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
 # ---------------------------------------------------------------------------------------------
 # Resuming.
 # ---------------------------------------------------------------------------------------------
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError if WORKDIR/config.json (of an earlier run) differs where it matters."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+def check_compatible(workdir: str, config: ml_collections.ConfigDict,
+                     manager: ocp.CheckpointManager) -> None:
+  """Raises ConfigError if the run in WORKDIR was trained with a config that differs where it
+  matters: the one its latest checkpoint carries (a workdir copied without config.json is still
+  checked), else WORKDIR/config.json."""
+  step = manager.latest_step()
+  saved, source = None, "checkpoint"
+  if step is not None and "config" in manager.item_metadata(step):
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  elif os.path.exists(path := os.path.join(workdir, "config.json")):
+    with open(path) as f:
+      saved, source = json.load(f), "config.json"
+  elif step is not None:
+    raise config_lib.ConfigError(
+        f"workdir {workdir!r} holds checkpoints that carry no config and has no config.json; "
+        "expected the workdir of a run written by this version, or a new workdir")
+  if saved is None:
     return
-  with open(path) as f:
-    saved = config_lib.flatten(json.load(f))
-  current = config_lib.flatten(json.loads(config.to_json()))
+  saved, current = config_lib.flatten(saved), config_lib.flatten(json.loads(config.to_json()))
   differing = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
   if differing:
-    details = ", ".join(f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
+    details = ", ".join(f"{k}: {source} has {saved.get(k)!r}, config has {current.get(k)!r}"
                         for k in differing[:5])
     raise config_lib.ConfigError(
         f"workdir {workdir!r} holds a run with an incompatible config ({details}); "
@@ -66,7 +78,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.batch_size % mesh.size:
     raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
                                  f"of the device count {mesh.size}")
-  check_compatible(workdir, config)
+  manager = experiment.checkpoint_manager(workdir, config)
+  check_compatible(workdir, config, manager)  # Before config.json is (re)written.
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
 
@@ -84,7 +97,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Model parameters: %d (%s)", experiment.count_params(state["params"]), ", ".join(
       f"{name} {experiment.count_params(subtree)}" for name, subtree in state["params"].items()))
 
-  manager = experiment.checkpoint_manager(workdir, config)
   start = manager.latest_step() or 0
   seconds_before = 0.0  # Training seconds of earlier sessions of this run (see below).
   if not start and experiment.needs_stage1_run(config):
@@ -132,8 +144,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      writers.TRAIN_SECONDS: train_seconds()})
             bar.set_postfix(loss=f"{float(last['loss/total']):.4f}")
         if save_now:
+          if not bool(_params_finite(state["params"])):  # A finite loss can still blow up an update.
+            raise FloatingPointError(f"non-finite parameters after step {step}; stopping. "
+                                     + _kept_checkpoint(manager))
           manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state), data=grain.PyGrainCheckpointSave(data_iter)))
+              state=ocp.args.StandardSave(state), data=grain.PyGrainCheckpointSave(data_iter),
+              config=ocp.args.JsonSave(json.loads(config.to_json()))))
         if _is_time(step, config.eval_every_steps, config.total_steps):
           val = evaluate.validation_losses(model, state["params"], config,
                                            sources["validation"], mesh)
@@ -154,11 +170,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointManager) -> None:
+  """Stops at the first step with a non-finite statistic: the loss, or the gradient norm, which
+  turns a step before the loss does (a NaN gradient makes every parameter NaN). Weight statistics
+  may be NaN by definition (a level absent from the batch) and are not checked."""
   for step, values in stats:
-    if not np.isfinite(values["loss/total"]):
+    bad = {k: float(v) for k, v in values.items()
+           if k.startswith(("loss/", "grad_norm", "param_norm")) and not np.isfinite(v)}
+    if bad:
       raise FloatingPointError(
-          f"non-finite loss ({values['loss/total']}) at step {step}; stopping. The last good "
-          f"checkpoint (step {manager.latest_step()}) is kept.")
+          f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; "
+          f"stopping. {_kept_checkpoint(manager)}")
+
+
+def _kept_checkpoint(manager: ocp.CheckpointManager) -> str:
+  last = manager.latest_step()
+  return ("No checkpoint had been written yet." if last is None else
+          f"The last good checkpoint (step {last}) is kept.")
+
+
+@jax.jit
+def _params_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
 
 
 def _truncate_metrics(workdir: str, step: int) -> list[dict]:

@@ -1,6 +1,7 @@
 """End-to-end training: artifacts, exact resume, data parallelism, NaN stop, bad input."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -211,6 +212,24 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_con
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
 
 
+@pytest.mark.slow
+def test_exploding_update_stops_before_it_reaches_a_checkpoint(tiny_config, tmp_path):
+  """At learning rate 1e2 the gradient norm turns non-finite a step before the loss would: the
+  run stops at that step, names it, and every parameter of the kept checkpoint is finite."""
+  config = _copy(tiny_config, **{"optimizer.learning_rate": 1e2, "checkpoint_every_steps": 1,
+                                 "log_every_steps": 1, "total_steps": 40})
+  workdir = str(tmp_path)
+  with pytest.raises(FloatingPointError, match=r"non-finite grad_norm=\S+ at step") as error:
+    train.train_and_evaluate(config, workdir)
+  step = int(str(error.value).split(" at step ")[1].split(";")[0])
+  assert experiment.checkpoint_manager(workdir, config).latest_step() == step - 1
+  if step > 1:
+    _, params, _ = experiment.load(workdir)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
+  else:
+    assert "No checkpoint had been written yet." in str(error.value)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"arm": "normals"}, "config.arm='normals': expected one of"),
     ({"model.encoder": "resnet99"}, "config.model.encoder='resnet99': expected one of"),
@@ -245,6 +264,20 @@ def test_incompatible_checkpoint_is_refused(uninterrupted, tiny_config):
   with pytest.raises(config_lib.ConfigError,
                      match="incompatible config.*model.encoder_width: checkpoint has 8"):
     train.train_and_evaluate(other, workdir)
+
+
+@pytest.mark.slow
+def test_copied_workdir_without_config_json_is_checked_against_its_checkpoint(
+    uninterrupted, tiny_config, tmp_path):
+  """A half-copied run (checkpoints, no config.json) resumed under another arm is refused from
+  the config its checkpoint carries, and nothing in the workdir is rewritten."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(uninterrupted[0], workdir)
+  os.remove(os.path.join(workdir, "config.json"))
+  with pytest.raises(config_lib.ConfigError, match="arm: checkpoint has 'normal', config has "
+                                                   "'depth'"):
+    train.train_and_evaluate(_copy(tiny_config, arm="depth"), workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 
 def _main(*args, module="recon3d_jax.main"):
