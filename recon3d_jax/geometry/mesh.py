@@ -18,20 +18,20 @@ line; in a 2D frame where the line is the origin (the image plane seen from
 the eye, for rays; the plane across a grid line, for inside tests) it meets a
 face iff the face's three 2D edge functions share a sign. The faces of a
 shared edge must see exactly opposite values for it, or a line can slip
-between them: eagerly they do, but compiled code fuses multiplies into adds
-(FMA) differently in different copies of the same expression, so the two
-faces' x*y - y*x-like values stop being negatives of each other and both can
-reject the line. Hence, by construction rather than by luck of rounding:
-every vertex gets its 2D coordinates from per-vertex arithmetic that FMA
-cannot change (`_to_screen`, then one subtraction of the query), and
-`_edge_functions` evaluates each edge from its endpoints in a canonical order
-(lexicographic) and negates it for the face that runs it the other way, from
-exact products of 12-bit halves (`_difference_of_products`), so every copy
-computes the same bits. A value that comes out exactly 0 (a line on an edge or
-through a vertex) counts for both faces when ray casting, harmless for the
-nearest hit; parity counts (inside tests, voxels) instead break such ties
+between them: eagerly x*y - y*x-like values are exact negatives, but compiled
+code fuses multiplies into adds (FMA) differently in different copies of the
+same expression, and then both faces can reject the line. Hence, by
+construction rather than by luck of rounding: every vertex gets its 2D
+coordinates from per-vertex arithmetic that FMA cannot change (`_to_screen`,
+then one subtraction of the query), and `_cross` evaluates each edge function
+from exact products of 12-bit halves, summed so that swapping the endpoints
+negates every intermediate: the two faces get exactly opposite bits in every
+compiled copy. A value that comes out exactly 0 (a line on an edge or through
+a vertex) counts for both faces when ray casting, harmless for the nearest
+hit; parity counts (inside tests, voxels) instead break such ties
 one-sidedly, by the sign the edge function takes when the query moves by an
-infinitesimal (eps, eps^2), the same for both faces: one crossing, not 0 or 2.
+infinitesimal (eps, eps^2), opposite for the two faces: one crossing, not 0
+or 2.
 
 Acceleration (exactness is untouched: culling only skips (query, face) pairs
 that provably cannot meet; every remaining pair runs the same exact test).
@@ -170,71 +170,68 @@ def _fold_candidates(fold, init, tiles, chunks, candidate):
 
 
 def _split(x):
-  """(...) float32 -> hi, lo (...) with x = hi + lo exactly, each of at most 12
+  """(...) float32 -> (hi, lo) (...) with x = hi + lo exactly, each of at most 12
   significant bits: a product of two parts is exact in float32."""
   hi = jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=11)
   return hi, x - hi  # Exact: hi is x rounded to 12 bits (Sterbenz).
 
 
-def _difference_of_products(a, b, c, d):
-  """a b - c d of (...) float32 arrays, computed the same in every compiled copy.
+def _cross(p, q):
+  """2D cross product p_x q_y - p_y q_x of points given as (x, y) pairs of `_split`
+  parts, (...) float32, exactly antisymmetric: _cross(q, p) == -_cross(p, q).
 
-  Each product is summed from the exact products of the 12-bit parts
-  (`_split`) in a fixed order, so fusing a multiply into an add (FMA)
-  changes nothing; the sign is the exact sign unless |a b - c d| is below
-  ~2^-33 of |a b| (the rounding of the low-order partial sums).
+  Every product of parts is exact and each sum pairs terms that trade places
+  when p and q do (float addition commutes), so swapping the points negates
+  every intermediate; and fusing a multiply into an add (FMA) cannot change an
+  exact product, so every compiled copy computes the same bits. The sign is
+  the exact sign unless |p x q| is below ~2^-33 of |p_x q_y| (the rounding of
+  the low-order partial sums).
   """
-  (ah, al), (bh, bl), (ch, cl), (dh, dl) = map(_split, (a, b, c, d))
-  high = ah * bh - ch * dh  # Exact when ah bh and ch dh are within a factor 2.
-  middle = (ah * bl + al * bh) - (ch * dl + cl * dh)
-  return high + (middle + (al * bl - cl * dl))
+  (pxh, pxl), (pyh, pyl) = p
+  (qxh, qxl), (qyh, qyl) = q
+  high = pxh * qyh - pyh * qxh  # Exact when the two products are within a factor 2.
+  middle = (pxh * qyl + pxl * qyh) - (pyh * qxl + pyl * qxh)
+  return high + (middle + (pxl * qyl - pyl * qxl))
 
 
-def _lexicographic_greater(p, q):
-  """Points p, q as (x, y, z) tuples of (...) arrays -> (...) bool p > q in (x, y, z) order."""
-  return (p[0] > q[0]) | ((p[0] == q[0]) & ((p[1] > q[1]) | ((p[1] == q[1]) & (p[2] > q[2]))))
-
-
-def _edge_functions(x, y, key):
+def _edge_functions(x, y):
   """2D edge functions of faces about the origin, exactly opposite on shared edges.
 
   w[k] is the cross product of the 2D vertices k + 1, k + 2 (mod 3): the face's
   barycentric weight of vertex k up to a common factor; the origin is in the
-  face iff the three share a sign. Each edge is evaluated from its endpoints
-  in a canonical order (lexicographic on `key`) and negated for the face that
-  runs it the other way, with the same arithmetic in every compiled copy
-  (`_difference_of_products`), so the faces of a shared edge get exactly
-  opposite values: no query can pass between them.
+  face iff the three share a sign. The faces of a shared edge run it in
+  opposite directions, and `_cross` is exactly antisymmetric, so they get
+  exactly opposite values: no query can pass between them.
 
   Args:
-    x, y: (3, ...) 2D vertex coordinates relative to the query; each a
-      subtraction of the query from a per-vertex value (so the same in every face).
-    key: (x, y, z) tuple of (3, ...) per-vertex values, broadcasting against x;
-      they order each edge's endpoints.
+    x, y: per-vertex 2D coordinates relative to the query, 3-tuples of (...)
+      arrays; each a subtraction of the query from a per-vertex value (so a
+      vertex has the same coordinates in every face).
 
   Returns:
-    w: (3, ...) edge functions.
-    sign: (3, ...) int32 in {-1, 0, 1}: the sign of w, ties broken by moving the
-      origin to (eps, eps^2); 0 only for an edge whose endpoints coincide in 2D.
+    w: 3-tuple of (...) edge functions.
+    sign: 3-tuple of (...) int32 in {-1, 0, 1}: the sign of w, a 0 broken by
+      moving the origin to (eps, eps^2) (the same tie-break, negated, for the
+      other face); 0 only for an edge whose endpoints coincide in 2D.
   """
-  start = [jnp.roll(a, -1, axis=0) for a in (x, y) + tuple(key)]  # Edge k: vertex k+1 -> k+2.
-  end = [jnp.roll(a, -2, axis=0) for a in (x, y) + tuple(key)]
-  flip = _lexicographic_greater(start[2:], end[2:])
-  lo_x, lo_y = (jnp.where(flip, b, a) for a, b in zip(start[:2], end[:2]))
-  hi_x, hi_y = (jnp.where(flip, a, b) for a, b in zip(start[:2], end[:2]))
-  value = _difference_of_products(lo_x, hi_y, lo_y, hi_x)
-  # d/d(eps) of the edge function at the origin + (eps, eps^2): lo_y - hi_y, then hi_x - lo_x.
-  tie = jnp.where(lo_y != hi_y, jnp.sign(lo_y - hi_y), jnp.sign(hi_x - lo_x))
-  sign = jnp.where(value != 0, jnp.sign(value), tie).astype(jnp.int32)
-  return jnp.where(flip, -value, value), jnp.where(flip, -sign, sign)
+  parts = [(_split(x[v]), _split(y[v])) for v in range(3)]
+  w, sign = [], []
+  for k in range(3):
+    i, j = (k + 1) % 3, (k + 2) % 3
+    value = _cross(parts[i], parts[j])
+    # d/d(eps) of the edge function at the origin + (eps, eps^2): y_i - y_j, then x_j - x_i.
+    tie = jnp.where(y[i] != y[j], jnp.sign(y[i] - y[j]), jnp.sign(x[j] - x[i]))
+    w.append(value)
+    sign.append(jnp.where(value != 0, jnp.sign(value), tie).astype(jnp.int32))
+  return tuple(w), tuple(sign)
 
 
 def _vertex_rows(rows, *queries):
-  """(9, ...) face rows -> (x, y, z) tuple of (3, ...) vertex coordinates, with
-  leading unit axes so that they broadcast against the (...) queries."""
+  """(9, ...) face rows -> 3-tuples (per vertex) of (x, y, z) (...) coordinates,
+  with leading unit axes so that they broadcast against the (...) queries."""
   extra = max(jnp.ndim(q) for q in queries) - (rows.ndim - 1)
   rows = rows.reshape(rows.shape[:1] + (1,) * max(extra, 0) + rows.shape[1:])
-  return rows[0::3], rows[1::3], rows[2::3]
+  return tuple(tuple(rows[3 * v + c] for c in range(3)) for v in range(3))
 
 
 def _to_screen(camera: camera_lib.Camera, triangles):
@@ -269,13 +266,12 @@ def _ray_hits(rows, u, v):
   Returns:
     (...) z-depth of the hit, inf on a miss.
   """
-  key = _vertex_rows(rows, u, v)
-  x, y, inverse_z = key
-  w, _ = _edge_functions(x - u, y - v, key)
+  a, b, c = _vertex_rows(rows, u, v)
+  w, _ = _edge_functions((a[0] - u, b[0] - u, c[0] - u), (a[1] - v, b[1] - v, c[1] - v))
   det = w[0] + w[1] + w[2]
-  inside = (jnp.all(w >= 0, axis=0) | jnp.all(w <= 0, axis=0)) & (det != 0)
-  inverse_depth = (w[0] * inverse_z[0] + w[1] * inverse_z[1] + w[2] * inverse_z[2]) / jnp.where(
-      det != 0, det, 1.0)
+  inside = (((w[0] >= 0) & (w[1] >= 0) & (w[2] >= 0)) | ((w[0] <= 0) & (w[1] <= 0) & (w[2] <= 0))
+            ) & (det != 0)
+  inverse_depth = (w[0] * a[2] + w[1] * b[2] + w[2] * c[2]) / jnp.where(det != 0, det, 1.0)
   return jnp.where(inside & (inverse_depth > 0), 1 / inverse_depth, jnp.inf)
 
 
@@ -476,11 +472,11 @@ def _line_crossings(tri, y, z):
     numerator, det: broadcast shape, with crossing x = numerator / det; det = 0 where a
     line misses a face.
   """
-  key = _vertex_rows(tri, y, z)
-  w, sign = _edge_functions(key[1] - y, key[2] - z, key)
+  a, b, c = _vertex_rows(tri, y, z)
+  w, sign = _edge_functions((a[1] - y, b[1] - y, c[1] - y), (a[2] - z, b[2] - z, c[2] - z))
   det = w[0] + w[1] + w[2]
   crossed = (sign[0] == sign[1]) & (sign[1] == sign[2]) & (sign[0] != 0) & (det != 0)
-  return w[0] * key[0][0] + w[1] * key[0][1] + w[2] * key[0][2], jnp.where(crossed, det, 0.0)
+  return w[0] * a[0] + w[1] * b[0] + w[2] * c[0], jnp.where(crossed, det, 0.0)
 
 
 def _cycled(axis: int):
