@@ -10,7 +10,12 @@ Conventions worth knowing when comparing with published numbers:
 - Precision is measured on predicted points and recall on ground-truth points (the usual meaning).
   The what3d reference code swaps these two labels.
 - Distance thresholds are strict: a point counts at τ when its distance is < τ (as in what3d).
-- An empty prediction gets defined worst-case values, never NaN (see `pointcloud_metrics`).
+- An empty prediction gets defined worst-case values, never NaN (see `pointcloud_metrics`): a
+  Chamfer distance no non-empty prediction can reach, so predicting nothing never pays.
+- IoU is 1 when prediction and ground truth are both empty (`occupancy_metrics`).
+- Normals must be unit vectors (within UNIT_NORMAL_TOLERANCE): normal consistency rejects others
+  with a ValueError naming the array, the first bad row and its norm, rather than return a
+  silently scaled number.
 """
 import numpy as np
 from scipy import spatial
@@ -18,8 +23,13 @@ from skimage import measure
 
 DEFAULT_THRESHOLDS = (0.01, 0.02, 0.05)
 BOX_SIZE = 1.1
-# Largest distance between two points of the padded box: the Chamfer-L1 of an empty prediction.
+# The Chamfer-L1 of an empty prediction: the padded box's diagonal, the largest distance between
+# two of its points. Ground-truth samples lie in the unit cube and predicted ones in the box (up to
+# a marching-cubes cell beyond it), so every non-empty prediction scores below it (at most
+# sqrt(3) (0.5 + 0.55 + cell)); a constant keeps means and paired tests finite.
 MAX_DISTANCE = float(np.sqrt(3.0) * BOX_SIZE)
+# Largest | |n| - 1 | accepted for a normal: float32 storage rounds unit normals by ~1e-7.
+UNIT_NORMAL_TOLERANCE = 1e-3
 NORMAL_ANGLE_THRESHOLDS_DEG = (11.25, 22.5, 30.0)
 # Floor for predicted depths in δ<1.25, so a zero or negative prediction gives a finite ratio.
 _MIN_DEPTH = 1e-6
@@ -33,6 +43,17 @@ def _empty_cloud():
 def _check_points(name, points):
   if points.ndim != 2 or points.shape[1] != 3:
     raise ValueError(f"{name} must have shape (N, 3), got {points.shape}.")
+
+
+def _check_unit_normals(name, normals):
+  """Rejects (N, 3) normals that are not unit vectors, naming the first offender."""
+  norms = np.linalg.norm(normals, axis=-1)
+  bad = np.flatnonzero(~(np.abs(norms - 1) <= UNIT_NORMAL_TOLERANCE))  # NaN is bad too.
+  if len(bad):
+    raise ValueError(
+        f"{name} must be unit vectors (norm within {UNIT_NORMAL_TOLERANCE:g} of 1) for normal "
+        f"consistency: {name}[{bad[0]}] has norm {norms[bad[0]]:.6g} ({len(bad)} of "
+        f"{len(norms)} rows are off); normalise them first (a zero normal has no direction).")
 
 
 def _check_same_shape(names, *arrays):
@@ -141,9 +162,9 @@ def pointcloud_metrics(pred_points, pred_normals, gt_points, gt_normals,
 
   Args:
     pred_points: (N, 3) predicted surface samples; N may be 0.
-    pred_normals: (N, 3) their unit normals.
+    pred_normals: (N, 3) their unit normals (norm within UNIT_NORMAL_TOLERANCE of 1).
     gt_points: (K, 3) ground-truth surface samples, K > 0.
-    gt_normals: (K, 3) their unit normals.
+    gt_normals: (K, 3) their unit normals (likewise).
     thresholds: distances τ for precision, recall and F-score.
 
   Returns:
@@ -155,11 +176,12 @@ def pointcloud_metrics(pred_points, pred_normals, gt_points, gt_normals,
       recall@τ: fraction of ground-truth points with distance < τ to the prediction.
       fscore@τ: 2PR / (P + R), and 0 when P + R = 0.
     Keys use the threshold as written, e.g. "fscore@0.01". An empty prediction gets
-    chamfer_l1 = sqrt(3) * BOX_SIZE (the padded box diagonal), chamfer_l2 = its square, and 0 for
-    normal consistency, precision, recall and F-score.
+    chamfer_l1 = sqrt(3) * BOX_SIZE (the padded box diagonal, above what any non-empty
+    prediction can score: see MAX_DISTANCE), chamfer_l2 = its square, and 0 for normal
+    consistency, precision, recall and F-score.
 
   Raises:
-    ValueError: on an empty ground truth or mismatched shapes.
+    ValueError: on an empty ground truth, mismatched shapes, or normals that are not unit.
   """
   pred_points, pred_normals, gt_points, gt_normals = (
       np.asarray(a, dtype=np.float64) for a in (pred_points, pred_normals, gt_points, gt_normals))
@@ -169,6 +191,8 @@ def pointcloud_metrics(pred_points, pred_normals, gt_points, gt_normals,
   _check_same_shape(("gt_points", "gt_normals"), gt_points, gt_normals)
   if len(gt_points) == 0:
     raise ValueError("gt_points is empty: metrics need at least one ground-truth surface point.")
+  _check_unit_normals("gt_normals", gt_normals)
+  _check_unit_normals("pred_normals", pred_normals)
   if len(pred_points) == 0:
     return _empty_prediction_metrics(thresholds)
 
@@ -221,7 +245,8 @@ def occupancy_metrics(probs, labels, threshold=0.5):
   Returns:
     dict(iou, accuracy), floats in [0, 1]. IoU = |pred ∩ gt| / |pred ∪ gt|; an empty prediction
     with non-empty GT gives 0. When both are empty the prediction agrees with the GT everywhere,
-    so IoU is 1.0 (rather than NaN).
+    so IoU is 1.0, like accuracy (the Jaccard convention of scipy.spatial.distance.jaccard), not
+    NaN, which would drop the instance from means, nor 0, which would punish a right answer.
   """
   probs, labels = _check_occupancy(probs, labels)
   pred = probs >= threshold

@@ -123,3 +123,14 @@ def test_show_writes_sample_and_level_grids(tmp_path):
                   "--image_size=32", "--num=1", "--levels", f"--out={tmp_path / 'levels.png'}"],
                  check=True, capture_output=True)
   assert os.path.getsize(tmp_path / "levels.png") > 10_000
+
+
+def test_only_changed_domains_get_a_new_dataset_version(tmp_path):
+  """Meshes' data changed in 2.5.0 (watertight ray casting); the other domains keep 2.4.0 and
+  with it their built files."""
+  expected = {"meshes-64": "2.5.0", "meshes-textured-128": "2.5.0", "meshes-ood-64": "2.5.0",
+              "compounds-64": "2.4.0", "organic-128": "2.4.0", "primitives-ood-64": "2.4.0"}
+  for name, version in expected.items():
+    dataset = tfds.builder(f"recon3d_synth/{name}", data_dir=str(tmp_path))
+    assert str(dataset.version) == version, name
+    assert version in dataset.release_notes

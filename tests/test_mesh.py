@@ -5,6 +5,7 @@ The binned fast paths run by default; pairs_per_item=0 (no pair budget) forces t
 Each jitted function compiles once per face-count bucket, so the tests use few buckets.
 """
 import functools
+import itertools
 import logging
 import os
 
@@ -16,6 +17,7 @@ import trimesh
 from scipy import stats
 from trimesh.ray import ray_triangle
 
+from benchmarks import reference_caster
 from recon3d_jax.data import builder, meshes, synth, variants
 from recon3d_jax.geometry import camera as camera_lib
 from recon3d_jax.geometry import mesh
@@ -259,3 +261,84 @@ def test_generate_batch_rejects_bad_arguments(mesh_set):
     meshes.generate_batch(mesh_set, np.array([0, 1]), keys[:1], **kwargs)
   with pytest.raises(ValueError, match="image_size=0"):
     meshes.generate_batch(mesh_set, np.array([0, 1]), keys, **{**kwargs, "image_size": 0})
+
+
+# Watertightness (issue 23): dense rays through the jitted renderer, against an independent
+# float64 caster (benchmarks/reference_caster.py), must never return a farther hit (the back of the
+# object, through a gap between faces), a nearer one, or a miss where the float64 caster robustly
+# hits the front surface.
+LEAK_MESHES = ("cross.off", "joint.off", "elk.off")  # Axis-aligned CAD (exact ties), knobbly, animal.
+LEAK_VIEWS = ((0.0, 0.0), (0.7, 0.4), (2.1, -0.3), (-1.2, 0.9))
+LEAK_SIZE = 128
+AIMED_SIZE = 33  # Odd: the centre pixel's ray is the optical axis, aimed at a vertex or an edge.
+AIMED_SPACINGS = (1e-4, 1e-7)  # Image-plane pixel spacing of the zoomed views: 1e-7 ~ float32 ulp.
+AIMED_TARGETS = 6
+
+
+def _leaks(tri, num_faces, rotation, position, fov_deg, size):
+  """(misses, farther, nearer, robust rays) of the jitted renderer against the float64 caster."""
+  cam = camera_lib.Camera(jnp.asarray(rotation), jnp.asarray(position), jnp.asarray(fov_deg))
+  out = jax.device_get(_render(jnp.asarray(tri), cam, size))
+  u, v = reference_caster.pixel_plane_coords(size, fov_deg)
+  robust, depth = reference_caster.robust_foreground(
+      reference_caster.camera_frame(tri[:num_faces], rotation, position), u, v)
+  errors = reference_caster.count_errors(out["depth"].reshape(-1), out["mask"].reshape(-1),
+                                         depth, robust)
+  return errors + (int(robust.sum()),)
+
+
+@pytest.mark.parametrize("name", LEAK_MESHES)
+def test_render_is_watertight(mesh_set, name):
+  i = mesh_set.names.index(name)
+  tri, num_faces = mesh_set.triangles[i], mesh_set.num_faces[i]
+  rng = np.random.default_rng(0)
+  errors, robust = np.zeros(3, int), []
+  for azimuth, elevation in LEAK_VIEWS:
+    view = camera_lib.look_at_camera(azimuth, elevation, EYE_DISTANCE, FOV_DEG)
+    rotation, position = np.asarray(view.rotation), np.asarray(view.position)
+    *e, n = _leaks(tri, num_faces, rotation, position, FOV_DEG, LEAK_SIZE)
+    errors += e
+    robust.append(n)
+    # Rays at and around vertices and edges of visible faces.
+    u, v = reference_caster.pixel_plane_coords(LEAK_SIZE, FOV_DEG)
+    _, faces = reference_caster.cast(
+        reference_caster.camera_frame(tri[:num_faces], rotation, position), u, v)
+    for target in reference_caster.visible_targets(faces, tri, rng, AIMED_TARGETS):
+      aimed = reference_caster.aimed_camera(position, target)
+      for spacing in AIMED_SPACINGS:
+        fov = float(np.rad2deg(2 * np.arctan(spacing * AIMED_SIZE / 2)))
+        *e, n = _leaks(tri, num_faces, *aimed, fov, AIMED_SIZE)
+        errors += e
+        robust.append(n)
+  assert tuple(errors) == (0, 0, 0), f"{name}: (misses, farther, nearer) = {tuple(errors)}"
+  # The check has teeth: most rays are in the robust foreground, aimed ones included.
+  assert min(robust[0::1 + 2 * AIMED_TARGETS]) > 0.05 * LEAK_SIZE ** 2
+  assert np.mean(np.array(robust) > 0) > 0.9
+
+
+def _octahedron():
+  """(8, 3, 3) float32 outward faces of |x| + |y| + |z| <= 0.5."""
+  faces = []
+  for sx, sy, sz in itertools.product((1, -1), repeat=3):
+    a, b, c = np.diag([0.5 * sx, 0.5 * sy, 0.5 * sz])
+    faces.append([a, b, c] if sx * sy * sz > 0 else [a, c, b])
+  return np.array(faces, np.float32)
+
+
+@pytest.mark.parametrize("pairs_per_item", [4, 0])
+def test_parity_counts_rays_through_edges_and_vertices_once(pairs_per_item):
+  """Axis rays from points on the axes of an octahedron cross it exactly at its vertices or its
+  edges (4 and 2 faces meet there); the inside test and the voxels (grid lines through vertices
+  and edges at resolution 5) must still count one crossing: closed forms."""
+  tri = jnp.asarray(_octahedron())
+  s = np.linspace(-0.45, 0.45, 7, dtype=np.float32)
+  zero = np.zeros_like(s)
+  points = np.concatenate([np.stack(p, -1) for p in ((s, zero, zero), (zero, s, zero),
+                                                     (zero, zero, s), (s, s, zero))])
+  inside = np.asarray(_contains(tri, jnp.asarray(points), pairs_per_item=pairs_per_item))
+  np.testing.assert_array_equal(inside, np.abs(points).sum(-1) < 0.5)
+  res = 5
+  c = (np.arange(res, dtype=np.float32) + 0.5) / res - 0.5
+  grid = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1)
+  np.testing.assert_array_equal(np.asarray(_voxelize(tri, res, pairs_per_item=pairs_per_item)),
+                                np.abs(grid).sum(-1) < 0.5)

@@ -1,9 +1,11 @@
 """Tests for recon3d_jax.metrics against brute-force numpy, trimesh and hand-computed values."""
+import itertools
 import warnings
 
 import numpy as np
 import pytest
 import trimesh
+from scipy import spatial
 
 from recon3d_jax import metrics
 
@@ -119,6 +121,47 @@ def test_empty_prediction_has_defined_values_without_warnings():
   assert got["normal_consistency"] == 0.0
   for t in ("0.01", "0.02", "0.05"):
     assert got[f"precision@{t}"] == got[f"recall@{t}"] == got[f"fscore@{t}"] == 0.0
+
+
+def test_empty_prediction_scores_worse_than_any_prediction():
+  """The empty prediction's Chamfer distances are the padded box's largest point distance (brute
+  force over its corners), above the worst non-empty prediction: every predicted point at a corner
+  of the box plus a marching-cubes cell, the ground truth at the opposite corner of the unit cube."""
+  corners = np.array(list(itertools.product((-BOX / 2, BOX / 2), repeat=3)))
+  diagonal = np.max(np.linalg.norm(corners[:, None] - corners[None], axis=-1))
+  gt, gt_n = _random_cloud(np.random.default_rng(7), 50)
+  empty = metrics.pointcloud_metrics(np.zeros((0, 3)), np.zeros((0, 3)), gt, gt_n)
+  assert empty["chamfer_l1"] == pytest.approx(diagonal)
+  assert empty["chamfer_l2"] == pytest.approx(diagonal**2)
+  cell = BOX / 31  # The coarsest grid meshed: 32^3 points over the box.
+  far = np.full((4, 3), BOX / 2 + cell)
+  unit = np.tile([0.0, 0.0, 1.0], (4, 1))
+  worst = metrics.pointcloud_metrics(far, unit, np.full((4, 3), -0.5), unit)
+  assert worst["chamfer_l1"] == pytest.approx(np.sqrt(3) * (BOX / 2 + cell + 0.5))
+  assert worst["chamfer_l1"] < empty["chamfer_l1"] and worst["chamfer_l2"] < empty["chamfer_l2"]
+
+
+@pytest.mark.parametrize("which", ["pred_normals", "gt_normals"])
+@pytest.mark.parametrize("scale", [0.5, 2.0, 0.0, np.nan])
+def test_non_unit_normals_are_rejected_by_name(which, scale):
+  points, normals = _random_cloud(np.random.default_rng(8), 20)
+  bad = normals.copy()
+  bad[3] *= scale
+  args = dict(pred_normals=normals, gt_normals=normals)
+  args[which] = bad
+  with pytest.raises(ValueError, match=rf"{which}\[3\] has norm {abs(scale):.6g}"):
+    metrics.pointcloud_metrics(points, args["pred_normals"], points + 0.01, args["gt_normals"])
+
+
+def test_float32_unit_normals_are_accepted():
+  """Unit normals stored in float32 (as the datasets do) give the float64 brute-force value."""
+  rng = np.random.default_rng(9)
+  points, normals = _random_cloud(rng, 100)
+  pred_n = _unit(rng.normal(size=(100, 3)))
+  got = metrics.pointcloud_metrics(points, pred_n.astype(np.float32), points,
+                                   normals.astype(np.float32))
+  expected = np.mean(np.abs(np.sum(pred_n * normals, -1)))  # Same points: each is its own NN.
+  assert got["normal_consistency"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_empty_ground_truth_raises():
@@ -253,8 +296,18 @@ def test_occupancy_metrics_match_confusion_counts():
 def test_occupancy_metrics_empty_cases():
   labels = np.array([1, 1, 0, 0], bool)
   assert metrics.occupancy_metrics(np.zeros(4), labels)["iou"] == 0.0
+  assert metrics.occupancy_metrics(np.ones(4), np.zeros(4, bool))["iou"] == 0.0
   both_empty = metrics.occupancy_metrics(np.zeros(4), np.zeros(4, bool))
   assert both_empty == {"iou": 1.0, "accuracy": 1.0}
+
+
+def test_iou_is_scipy_jaccard_similarity_empty_cases_included():
+  """IoU = 1 - scipy's Jaccard dissimilarity, which defines two empty sets as identical."""
+  rng = np.random.default_rng(10)
+  for pred_rate, gt_rate in [(0.3, 0.5), (0.0, 0.5), (0.5, 0.0), (0.0, 0.0)]:
+    pred, labels = rng.random(200) < pred_rate, rng.random(200) < gt_rate
+    got = metrics.occupancy_metrics(pred.astype(np.float64), labels)["iou"]
+    assert got == pytest.approx(1 - spatial.distance.jaccard(pred, labels))
 
 
 def test_ece_hand_case():

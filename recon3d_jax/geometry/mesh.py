@@ -8,11 +8,30 @@ camera frame, background pixels have depth 0 and normal 0.
 
 Padding. Degenerate faces whose three vertices are the same mesh vertex are
 inert everywhere here: their edge vectors b - a and c - a are exactly zero, so
-they have zero area (never sampled) and fail the non-zero-normal check of every
-hit and crossing test (the triple products themselves are not reliably zero:
-compilers fuse x*y - y*x into an FMA). They leave the bounding box alone.
-`pad_triangles` uses them so that meshes of different sizes share a few
+they have zero area (never sampled), and all their edge functions (below) are
+exactly zero, so no ray or line ever meets them. They leave the bounding box
+alone. `pad_triangles` uses them so that meshes of different sizes share a few
 compiled shapes, and every chunked loop below pads its input the same way.
+
+Watertightness (after Woop, Benthin and Wald, JCGT 2013). Every query is a
+line; in a 2D frame where the line is the origin (the image plane seen from
+the eye, for rays; the plane across a grid line, for inside tests) it meets a
+face iff the face's three 2D edge functions share a sign. The faces of a
+shared edge must see exactly opposite values for it, or a line can slip
+between them: eagerly x*y - y*x-like values are exact negatives, but compiled
+code fuses multiplies into adds (FMA) differently in different copies of the
+same expression, and then both faces can reject the line. Hence, by
+construction rather than by luck of rounding: every vertex gets its 2D
+coordinates from per-vertex arithmetic that FMA cannot change (`_to_screen`,
+then one subtraction of the query), and `_cross` evaluates each edge function
+from exact products of 12-bit halves, summed so that swapping the endpoints
+negates every intermediate: the two faces get exactly opposite bits in every
+compiled copy. A value that comes out exactly 0 (a line on an edge or through
+a vertex) counts for both faces when ray casting, harmless for the nearest
+hit; parity counts (inside tests, voxels) instead break such ties
+one-sidedly, by the sign the edge function takes when the query moves by an
+infinitesimal (eps, eps^2), opposite for the two faces: one crossing, not 0
+or 2.
 
 Acceleration (exactness is untouched: culling only skips (query, face) pairs
 that provably cannot meet; every remaining pair runs the same exact test).
@@ -26,8 +45,6 @@ Long thin or huge faces can overflow the budget; then the slow path
 chunks, each tile testing the chunks whose bounding box overlaps it
 (`_fold_candidates`); exact as well, a few times slower.
 """
-import itertools
-
 import jax
 import jax.numpy as jnp
 
@@ -50,7 +67,6 @@ _PAIRS_PER_POINT = 64
 # Culling margin in unit-cube coordinates (and image-plane tangents), far above
 # float32 rounding of the hit tests, far below any feature size.
 _CULL_MARGIN = 1e-5
-_HIGHEST = jax.lax.Precision.HIGHEST  # No reduced-precision (TF32) matmuls on GPU.
 
 
 def pad_triangles(triangles, num_faces: int):
@@ -153,37 +169,110 @@ def _fold_candidates(fold, init, tiles, chunks, candidate):
   return jax.lax.map(one_tile, (init, tiles, candidate))
 
 
-def _ray_hits(origin, directions, tri):
-  """Ray parameters of rays t d from `origin` on faces, broadcasting.
+def _split(x):
+  """(...) float32 -> (hi, lo) (...) with x = hi + lo exactly, each of at most 12
+  significant bits: a product of two parts is exact in float32."""
+  hi = jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=11)
+  return hi, x - hi  # Exact: hi is x rounded to 12 bits (Sterbenz).
 
-  Exact test with the eye at the origin (A, B, C the vertices minus the eye):
-  the ray t d meets the triangle iff the three triple products d.(B x C),
-  d.(C x A), d.(A x B) share a sign (they are the ray's barycentric weights up
-  to a common factor, and the test is the same for front and back faces); then
-  t = A.N / d.N with N = B x C + C x A + A x B the face normal. A shared edge
-  gives the two faces sign-opposite products of the same edge, so rays cannot
-  slip through between faces (up to rounding).
+
+def _cross(p, q):
+  """2D cross product p_x q_y - p_y q_x of points given as (x, y) pairs of `_split`
+  parts, (...) float32, exactly antisymmetric: _cross(q, p) == -_cross(p, q).
+
+  Every product of parts is exact and each sum pairs terms that trade places
+  when p and q do (float addition commutes), so swapping the points negates
+  every intermediate; and fusing a multiply into an add (FMA) cannot change an
+  exact product, so every compiled copy computes the same bits. The sign is
+  the exact sign unless |p x q| is below ~2^-33 of |p_x q_y| (the rounding of
+  the low-order partial sums).
+  """
+  (pxh, pxl), (pyh, pyl) = p
+  (qxh, qxl), (qyh, qyl) = q
+  high = pxh * qyh - pyh * qxh  # Exact when the two products are within a factor 2.
+  middle = (pxh * qyl + pxl * qyh) - (pyh * qxl + pyl * qxh)
+  return high + (middle + (pxl * qyl - pyl * qxl))
+
+
+def _edge_functions(x, y):
+  """2D edge functions of faces about the origin, exactly opposite on shared edges.
+
+  w[k] is the cross product of the 2D vertices k + 1, k + 2 (mod 3): the face's
+  barycentric weight of vertex k up to a common factor; the origin is in the
+  face iff the three share a sign. The faces of a shared edge run it in
+  opposite directions, and `_cross` is exactly antisymmetric, so they get
+  exactly opposite values: no query can pass between them.
 
   Args:
-    origin: (3,) ray origin.
-    directions: (..., 3) ray directions.
-    tri: (..., 3, 3) faces, broadcasting against the directions.
+    x, y: per-vertex 2D coordinates relative to the query, 3-tuples of (...)
+      arrays; each a subtraction of the query from a per-vertex value (so a
+      vertex has the same coordinates in every face).
 
   Returns:
-    (...) t of the hit, inf on a miss.
+    w: 3-tuple of (...) edge functions.
+    sign: 3-tuple of (...) int32 in {-1, 0, 1}: the sign of w, a 0 broken by
+      moving the origin to (eps, eps^2) (the same tie-break, negated, for the
+      other face); 0 only for an edge whose endpoints coincide in 2D.
   """
-  rel = tri - origin  # A, B, C relative to the eye.
-  a, b, c = rel[..., 0, :], rel[..., 1, :], rel[..., 2, :]
-  edges = (jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b))
-  # Per (ray, face) pair; vec.dot, not a sum over a size-3 axis (far slower on CPU;
-  # benchmarks/mesh_render.py, benchmarks/RESULTS.md).
-  w0, w1, w2 = (vec.dot(directions, e) for e in edges)
-  proper = jnp.any(face_cross(tri) != 0, axis=-1)  # False for the padding.
-  det = jnp.where(proper, w0 + w1 + w2, 0.0)  # d . N
-  same_sign = ((w0 >= 0) & (w1 >= 0) & (w2 >= 0)) | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0))
-  plane = vec.dot(a, edges[0] + edges[1] + edges[2])  # A . N
-  t = plane / jnp.where(det != 0, det, 1.0)
-  return jnp.where(same_sign & (det != 0) & (t > 0), t, jnp.inf)
+  parts = [(_split(x[v]), _split(y[v])) for v in range(3)]
+  w, sign = [], []
+  for k in range(3):
+    i, j = (k + 1) % 3, (k + 2) % 3
+    value = _cross(parts[i], parts[j])
+    # d/d(eps) of the edge function at the origin + (eps, eps^2): y_i - y_j, then x_j - x_i.
+    tie = jnp.where(y[i] != y[j], jnp.sign(y[i] - y[j]), jnp.sign(x[j] - x[i]))
+    w.append(value)
+    sign.append(jnp.where(value != 0, jnp.sign(value), tie).astype(jnp.int32))
+  return tuple(w), tuple(sign)
+
+
+def _vertex_rows(rows, *queries):
+  """(9, ...) face rows -> 3-tuples (per vertex) of (x, y, z) (...) coordinates,
+  with leading unit axes so that they broadcast against the (...) queries."""
+  extra = max(jnp.ndim(q) for q in queries) - (rows.ndim - 1)
+  rows = rows.reshape(rows.shape[:1] + (1,) * max(extra, 0) + rows.shape[1:])
+  return tuple(tuple(rows[3 * v + c] for c in range(3)) for v in range(3))
+
+
+def _to_screen(camera: camera_lib.Camera, triangles):
+  """(F, 3, 3) world faces -> (F, 3, 3) per-vertex (x / z, y / z, 1 / z) of the
+  camera frame: image-plane position and inverse depth.
+
+  The rotation sums exact products of split numbers (`_split`), so a vertex
+  gets the same screen coordinates in every face and every compiled copy.
+  """
+  p = tuple(_split(c) for c in jnp.moveaxis(triangles - camera.position, -1, 0))
+  r = camera.rotation
+  cam = [sum((p[k][0] * rh + (p[k][0] * rl + p[k][1] * rh)) + p[k][1] * rl
+             for k, (rh, rl) in enumerate(zip(*_split(r[i])))) for i in range(3)]
+  return jnp.stack([cam[0] / cam[2], cam[1] / cam[2], 1 / cam[2]], axis=-1)
+
+
+def _ray_hits(rows, u, v):
+  """Z-depths of camera-frame rays (u, v, 1) from the eye on faces, broadcasting.
+
+  The watertight test of Woop et al. with the eye's perspective projection as
+  the shear (all rays share the eye): the ray meets a face iff its image-plane
+  point is in the face's image, i.e. the `_edge_functions` of the projected
+  vertices relative to it share a sign. Those weights interpolate the inverse
+  depth (perspective-correct). A weight that comes out 0 counts for both faces
+  of its edge, so rays on shared edges and vertices hit at least one face.
+
+  Args:
+    rows: (9, ...) faces as screen-coordinate rows (`_to_screen`: x / z, y / z,
+      1 / z of vertex a, then b, then c).
+    u, v: (...) the rays' points on the image plane z = 1, broadcasting against rows[0].
+
+  Returns:
+    (...) z-depth of the hit, inf on a miss.
+  """
+  a, b, c = _vertex_rows(rows, u, v)
+  w, _ = _edge_functions((a[0] - u, b[0] - u, c[0] - u), (a[1] - v, b[1] - v, c[1] - v))
+  det = w[0] + w[1] + w[2]
+  inside = (((w[0] >= 0) & (w[1] >= 0) & (w[2] >= 0)) | ((w[0] <= 0) & (w[1] <= 0) & (w[2] <= 0))
+            ) & (det != 0)
+  inverse_depth = (w[0] * a[2] + w[1] * b[2] + w[2] * c[2]) / jnp.where(det != 0, det, 1.0)
+  return jnp.where(inside & (inverse_depth > 0), 1 / inverse_depth, jnp.inf)
 
 
 def _bin_boxes(lo, hi, origin, cell: float, grid: int, budget: int):
@@ -242,19 +331,6 @@ def _face_boxes(triangles):
           jnp.where(inert, -jnp.inf, jnp.max(triangles, axis=1)))
 
 
-def _projected_boxes(camera: camera_lib.Camera, lo, hi):
-  """(K, 3) world boxes -> (K, 2) lo, hi boxes of their images on the plane z = 1
-  of the camera frame (x / z, y / z of the 8 corners); the whole plane for a
-  box reaching behind the eye."""
-  corners = jnp.stack([jnp.where(jnp.array(bits, bool), hi, lo)  # (K, 8, 3)
-                       for bits in itertools.product((0, 1), repeat=3)], axis=1)
-  cam = camera_lib.world_to_camera_points(camera, corners)
-  in_front = jnp.all(cam[..., 2:] > 1e-6, axis=(1, 2))[:, None]
-  plane = cam[..., :2] / jnp.where(cam[..., 2:] > 1e-6, cam[..., 2:], 1.0)
-  return (jnp.where(in_front, jnp.min(plane, axis=1), -jnp.inf),
-          jnp.where(in_front, jnp.max(plane, axis=1), jnp.inf))
-
-
 def _tile_side(size: int, largest: int) -> int:
   """The largest power of two <= `largest` dividing `size` (static ints)."""
   side = largest
@@ -263,66 +339,67 @@ def _tile_side(size: int, largest: int) -> int:
   return side
 
 
-def _tiled_hits(triangles, camera: camera_lib.Camera, directions, chunk_size: int):
-  """Slow path of `render`: nearest hits of (S, S, 3) pixel rays, square pixel
-  tiles folding over the face chunks whose projected box overlaps them.
+def _tiled_hits(screen, plane, chunk_size: int):
+  """Slow path of `render`: nearest hits of the pixel rays, square pixel tiles
+  folding over the face chunks whose image-plane box overlaps them.
+
+  Args:
+    screen: (F, 3, 3) faces in screen coordinates (`_to_screen`).
+    plane: (S,) pixel centres' coordinate on the image plane z = 1 (u of column
+      j, v of row i).
+    chunk_size: static faces per chunk.
 
   Returns:
-    t: (S * S,) nearest ray parameter, inf on misses; face: (S * S,) int32 hit
+    depth: (S * S,) nearest z-depth, inf on misses; face: (S * S,) int32 hit
     face, -1 on misses; pixels in row-major order.
   """
-  size = directions.shape[0]
+  size = plane.shape[0]
   side = _tile_side(size, _RAY_TILE)
   n = size // side
-  # (S, S, 3) -> (tiles, side * side, 3), tiles in row-major order.
-  tiles = directions.reshape(n, side, n, side, 3).transpose(0, 2, 1, 3, 4).reshape(
-      n * n, side * side, 3)
-  in_cam = camera_lib.rotate_to_camera(camera, tiles)
-  on_plane = in_cam[..., :2] / in_cam[..., 2:]  # Rays leave through the image plane z = 1.
-  chunks = _chunked(triangles, chunk_size)
-  candidate = _boxes_overlap(jnp.min(on_plane, axis=1), jnp.max(on_plane, axis=1),
-                             *_projected_boxes(camera, *_chunk_boxes(chunks)))
+  u, v = jnp.meshgrid(plane, plane, indexing="xy")
+  # (S, S, 2) -> (tiles, side * side, 2), tiles in row-major order.
+  tiles = jnp.stack([u, v], axis=-1).reshape(n, side, n, side, 2).transpose(0, 2, 1, 3, 4).reshape(
+      n * n, side * side, 2)
+  chunks = _chunked(screen, chunk_size)
+  rows = chunks.reshape(chunks.shape[0], chunk_size, 9).transpose(0, 2, 1)  # (K, 9, C)
+  chunk_lo, chunk_hi = _chunk_boxes(chunks)
+  candidate = _boxes_overlap(jnp.min(tiles, axis=1), jnp.max(tiles, axis=1),
+                             chunk_lo[:, :2], chunk_hi[:, :2])
 
   def fold(carry, rays, tri, k):
-    best_t, best_face = carry
-    hits = _ray_hits(camera.position, rays[:, None], tri[None])  # (rays, faces)
+    best_depth, best_face = carry
+    hits = _ray_hits(tri, rays[:, 0:1], rays[:, 1:2])  # (rays, faces)
     local = jnp.argmin(hits, axis=1).astype(jnp.int32)
-    t = jnp.take_along_axis(hits, local[:, None], axis=1)[:, 0]
-    closer = t < best_t
-    return jnp.where(closer, t, best_t), jnp.where(closer, k * chunk_size + local, best_face)
+    depth = jnp.take_along_axis(hits, local[:, None], axis=1)[:, 0]
+    closer = depth < best_depth
+    return (jnp.where(closer, depth, best_depth),
+            jnp.where(closer, k * chunk_size + local, best_face))
 
-  init = (jnp.full(tiles.shape[:2], jnp.inf, tiles.dtype), jnp.full(tiles.shape[:2], -1, jnp.int32))
-  t, face = _fold_candidates(fold, init, tiles, chunks, candidate)
-  return tuple(x.reshape(n, n, side, side).swapaxes(1, 2).reshape(-1) for x in (t, face))
-
-
-def _image_plane_boxes(triangles, camera: camera_lib.Camera):
-  """(F, 3, 3) -> lo, hi (F, 2) boxes of the faces' images on the plane z = 1
-  of the camera frame, (y, x) = (row, column) order; the whole plane for a face
-  reaching behind the eye, empty for inert faces."""
-  cam = camera_lib.world_to_camera_points(camera, triangles)  # (F, 3, 3)
-  in_front = jnp.all(cam[..., 2] > 1e-6, axis=1)[:, None]
-  plane = cam[..., 1::-1] / jnp.where(cam[..., 2:] > 1e-6, cam[..., 2:], 1.0)
-  inert = jnp.all(triangles == triangles[:, :1], axis=(1, 2))[:, None]
-  lo = jnp.where(in_front, jnp.min(plane, axis=1), -jnp.inf)
-  hi = jnp.where(in_front, jnp.max(plane, axis=1), jnp.inf)
-  return jnp.where(inert, jnp.inf, lo), jnp.where(inert, -jnp.inf, hi)
+  init = (jnp.full(tiles.shape[:2], jnp.inf, screen.dtype),
+          jnp.full(tiles.shape[:2], -1, jnp.int32))
+  depth, face = _fold_candidates(fold, init, tiles, rows, candidate)
+  return tuple(x.reshape(n, n, side, side).swapaxes(1, 2).reshape(-1) for x in (depth, face))
 
 
 def render(triangles, camera: camera_lib.Camera, image_size: int, chunk_size: int = CHUNK_SIZE,
            pairs_per_item: int = _PAIRS_PER_ITEM):
   """Ray casts a mesh from a pinhole camera (one ray through each pixel centre).
 
-  Fast path: pixels are the cells; each face is listed with the pixels whose
-  cell its image-plane box overlaps, each (face, pixel) pair runs the exact
-  test, and a z-buffer (scatter-min of t, then of the face index among the
-  nearest) keeps the nearest hit. Slow path (`_tiled_hits`) when the pairs
-  overflow their budget of pairs_per_item * (F + H * W). Faces that are close
-  in space should be close in order (meshes.load_meshes sorts them along a
-  Morton curve) for the slow path's chunks; the result does not depend on it.
+  Rays are cast in screen coordinates (`_to_screen`): the ray of the pixel at
+  (u, v) on the image plane z = 1 of the camera frame meets a face iff (u, v)
+  is in the face's image (`_ray_hits`, watertight). Fast path: pixels are the
+  cells; each face is listed with the pixels whose cell its image-plane box
+  overlaps, each (face, pixel) pair runs the test, and a z-buffer (scatter-min
+  of the depth, then of the face index among the nearest) keeps the nearest
+  hit. Slow path (`_tiled_hits`) when the pairs overflow their budget of
+  pairs_per_item * (F + H * W). Faces that are close in space should be close
+  in order (meshes.load_meshes sorts them along a Morton curve) for the slow
+  path's chunks; the result does not depend on it.
 
   Args:
-    triangles: (F, 3, 3) world-frame mesh in front of the camera.
+    triangles: (F, 3, 3) float32 world-frame mesh in front of the camera (every
+      vertex at camera-frame z > 0); a vertex shared by faces must be
+      bit-identical in each of them.
     camera: the Camera.
     image_size: static int H = W.
     chunk_size: static faces per chunk of the slow path.
@@ -335,48 +412,55 @@ def render(triangles, camera: camera_lib.Camera, image_size: int, chunk_size: in
     background.
   """
   num_faces, num_pixels = triangles.shape[0], image_size * image_size
-  _, directions = camera_lib.camera_rays(camera, image_size)
-  flat = directions.reshape(-1, 3)
+  screen = _to_screen(camera, triangles)
   # Pixel (i, j) centre is at tan_half * ((i, j) + 0.5) / S * 2 - 1) on the image plane.
   tan_half = jnp.tan(jnp.deg2rad(camera.fov_deg) / 2)
+  plane = ((jnp.arange(image_size, dtype=screen.dtype) + 0.5) / image_size * 2 - 1) * tan_half
+  lo, hi = _face_boxes(screen)  # Image-plane boxes in (y, x) = (row, column) order.
   face, pixel, total = _bin_boxes(
-      *_image_plane_boxes(triangles, camera), jnp.stack([-tan_half, -tan_half]),
+      lo[:, 1::-1], hi[:, 1::-1], jnp.stack([-tan_half, -tan_half]),
       2 * tan_half / image_size, image_size, pairs_per_item * (num_faces + num_pixels))
 
   def binned(_):
     used = pixel < num_pixels
-    ray = jnp.minimum(pixel, num_pixels - 1)
-    t = jnp.where(used, _ray_hits(camera.position, flat[ray], triangles[face]), jnp.inf)
-    best = jnp.full(num_pixels + 1, jnp.inf, t.dtype).at[pixel].min(t)
-    nearest = jnp.isfinite(t) & (t == best[pixel])
+    row, column = jnp.divmod(jnp.minimum(pixel, num_pixels - 1), image_size)
+    depth = jnp.where(used, _ray_hits(screen.reshape(num_faces, 9).T[:, face], plane[column],
+                                      plane[row]), jnp.inf)
+    best = jnp.full(num_pixels + 1, jnp.inf, depth.dtype).at[pixel].min(depth)
+    nearest = jnp.isfinite(depth) & (depth == best[pixel])
     best_face = jnp.full(num_pixels + 1, num_faces, jnp.int32).at[pixel].min(
         jnp.where(nearest, face, num_faces))
     return best[:num_pixels], jnp.where(best_face < num_faces, best_face, -1)[:num_pixels]
 
   def tiled(_):
-    return _tiled_hits(triangles, camera, directions, chunk_size)
+    return _tiled_hits(screen, plane, chunk_size)
 
-  t, face = jax.lax.cond(total <= pixel.shape[0], binned, tiled, None)
+  depth, face = jax.lax.cond(total <= pixel.shape[0], binned, tiled, None)
   hit = face >= 0
-  t = jnp.where(hit, t, 0.0)
+  depth = jnp.where(hit, depth, 0.0)
+  u, v = jnp.meshgrid(plane, plane, indexing="xy")
+  on_ray = jnp.stack([u.reshape(-1), v.reshape(-1), jnp.ones(num_pixels, screen.dtype)], axis=-1)
   normal_world = face_normals(triangles)[jnp.maximum(face, 0)]
   shape = (image_size, image_size)
   return dict(
-      depth=(t * jnp.dot(flat, camera.rotation[2], precision=_HIGHEST)).reshape(shape),
+      depth=depth.reshape(shape),
       normal=jnp.where(hit[:, None], camera_lib.rotate_to_camera(camera, normal_world),
                        0.0).reshape(shape + (3,)),
       mask=hit.reshape(shape),
-      points=jnp.where(hit[:, None], camera.position + t[:, None] * flat,
+      points=jnp.where(hit[:, None], camera.position + vec.matmul(depth[:, None] * on_ray,
+                                                                  camera.rotation),
                        0.0).reshape(shape + (3,)))
 
 
 def _line_crossings(tri, y, z):
   """Where lines parallel to the x axis cross faces.
 
-  A line (y, z) meets a face iff the 2D edge functions of the face's (y, z)
-  vertices relative to the line share a sign; the crossing's x is the mix of
-  the vertices' x with those weights (barycentric up to a common factor), left
-  as a fraction: callers that only compare x skip the division.
+  A line (y, z) meets a face iff the watertight 2D edge functions
+  (`_edge_functions`) of the face's (y, z) vertices relative to the line share
+  a sign, zeros resolved one-sidedly so that a line through a shared edge or
+  vertex crosses exactly one face there; the crossing's x is the mix of the
+  vertices' x with those weights (barycentric up to a common factor), left as
+  a fraction: callers that only compare x skip the division.
 
   Args:
     tri: (9, ...) faces as coordinate rows (ax, ay, az, bx, by, bz, cx, cy, cz):
@@ -388,13 +472,11 @@ def _line_crossings(tri, y, z):
     numerator, det: broadcast shape, with crossing x = numerator / det; det = 0 where a
     line misses a face.
   """
-  ay, az, by, bz, cy, cz = tri[1] - y, tri[2] - z, tri[4] - y, tri[5] - z, tri[7] - y, tri[8] - z
-  wa, wb, wc = by * cz - bz * cy, cy * az - cz * ay, ay * bz - az * by  # Opposite a, b, c.
-  same_sign = ((wa >= 0) & (wb >= 0) & (wc >= 0)) | ((wa <= 0) & (wb <= 0) & (wc <= 0))
-  # Faces with a zero (y, z) normal (edge-on, or the padding) are never crossed.
-  proper = (tri[4] - tri[1]) * (tri[8] - tri[2]) - (tri[5] - tri[2]) * (tri[7] - tri[1]) != 0
-  det = jnp.where(same_sign & proper, wa + wb + wc, 0.0)
-  return wa * tri[0] + wb * tri[3] + wc * tri[6], det
+  a, b, c = _vertex_rows(tri, y, z)
+  w, sign = _edge_functions((a[1] - y, b[1] - y, c[1] - y), (a[2] - z, b[2] - z, c[2] - z))
+  det = w[0] + w[1] + w[2]
+  crossed = (sign[0] == sign[1]) & (sign[1] == sign[2]) & (sign[0] != 0) & (det != 0)
+  return w[0] * a[0] + w[1] * b[0] + w[2] * c[0], jnp.where(crossed, det, 0.0)
 
 
 def _cycled(axis: int):
@@ -410,8 +492,10 @@ def _rows_and_boxes(triangles, axis: int, chunk_size: int):
   return rows, _chunk_boxes(chunks)
 
 
-# Ray parity needs a majority of several directions: a ray through an edge or a
-# vertex of the mesh can count one crossing twice or not at all.
+# Ray parity takes the majority of three directions: ties on edges and vertices
+# count one crossing, but an edge function that rounds to 0 without being 0
+# (below ~2^-33 of its products) breaks its tie blindly, which at a vertex can
+# count a crossing twice or not at all.
 _PARITY_AXES = (0, 1, 2)
 
 
