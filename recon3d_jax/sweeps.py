@@ -542,14 +542,19 @@ def slurm_executor(sweep_dir: str, *, partition: str | None, time_min: int, gpus
   return executor
 
 
+class SubmissionError(RuntimeError):
+  """Slurm refused a submission: sbatch's message, and the jobs submitted before it."""
+
+
 def submit_slurm(sweep_dir: str, executor) -> list:
   """Submits the unfinished runs as job arrays, one per dependency layer; returns the jobs.
 
   `executor` is a configured submitit executor (its slurm_array_parallelism caps each array).
   On Slurm a layer starts after the previous one ends (dependency=afterany; a run whose
   dependency failed then fails as blocked). Other executors (e.g. submitit's debug executor)
-  run jobs in submission order.
+  run jobs in submission order. Raises SubmissionError if sbatch refuses a layer.
   """
+  from submitit.core.utils import FailedJobError  # pylint: disable=import-outside-toplevel
   manifest = read_manifest(sweep_dir)
   depth: dict[str, int] = {}
   for rid, run in manifest["runs"].items():  # Manifest order puts dependencies first.
@@ -564,7 +569,14 @@ def submit_slurm(sweep_dir: str, executor) -> list:
         extra["dependency"] = "afterany:" + ":".join(
             sorted({j.job_id.split("_")[0] for j in previous}))
       executor.update_parameters(slurm_additional_parameters=extra)
-    previous = executor.map_array(SlurmRun(sweep_dir), ids)
+    try:
+      previous = executor.map_array(SlurmRun(sweep_dir), ids)
+    except FailedJobError as e:
+      raise SubmissionError(
+          f"Slurm refused layer {layer} ({len(ids)} run{'s' * (len(ids) != 1)}): "
+          f"{str(e).strip()}; expected "
+          "resources its partition has (see sinfo; --slurm_gpus=0 where nodes have no GPU). "
+          f"Already submitted: {[j.job_id for j in jobs] or 'nothing'}.") from e
     jobs += previous
     logging.info("Submitted %d runs (layer %d): %s", len(ids), layer,
                  [j.job_id for j in previous])

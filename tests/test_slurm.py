@@ -16,7 +16,7 @@ import submitit
 from recon3d_jax import sweeps
 from test_sweep import REPO, _launch, _study
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = pytest.mark.slurm
 
 # The local node has no GPU and little to spare: one CPU and 1 GB per job.
 SLURM_FLAGS = ("--backend=slurm", "--slurm_gpus=0", "--slurm_cpus=1", "--slurm_mem_gb=1",
@@ -72,6 +72,18 @@ def _status(slurm, spec, sweep_dir) -> str:
                         capture_output=True, text=True, timeout=60).stdout
 
 
+def test_launcher_reports_what_sbatch_refused(slurm, tmp_path):
+  """The default --slurm_gpus=1 on this GPU-less node: one error line, not a traceback."""
+  spec = _study(tmp_path / "study.py", [{"arm": "vanilla", "seed": 0}])
+  launcher = _launch(spec, tmp_path / "sweep", "--backend=slurm", "--nobuild_data", env=slurm.env)
+  output = launcher.communicate(timeout=120)[0]
+  assert launcher.returncode != 0
+  assert "error: Slurm refused layer 0 (1 run): sbatch: error:" in output, output
+  assert "Already submitted: nothing." in output and "Traceback" not in output, output
+  assert slurm.jobs() == []
+
+
+@pytest.mark.slow
 def test_slurm_sweep_caps_its_array_and_reports_a_failed_run(tiny_config, slurm, tmp_path):
   good = [{"arm": "vanilla", "seed": 0}, {"arm": "normal", "seed": 0}]
   bad = {"arm": "normal", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its job.
@@ -108,6 +120,7 @@ def _metrics(workdir) -> list[dict]:
   return [{k: v for k, v in r.items() if k not in ("time", "time/train_s")} for r in rows]
 
 
+@pytest.mark.slow
 def test_requeued_slurm_job_resumes_to_the_uninterrupted_result(tiny_config, slurm, tmp_path):
   # Long enough that Slurm's kill (SIGTERM, then SIGKILL KillWait later) lands mid-training.
   run = {"arm": "normal", "seed": 0, "total_steps": 100, "checkpoint_every_steps": 10,
