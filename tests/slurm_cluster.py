@@ -5,7 +5,9 @@ capped, fails, requeues and resumes under a controller; the tests marked `slurm`
 
 Everything lives under one folder (config, munge key and socket, state, spool, logs); the ports
 are two free ones picked at start, so it cannot clash with another Slurm on the machine. Client
-commands reach it through SLURM_CONF (see `env`).
+commands reach it through SLURM_CONF (see `env`). To try the launcher by hand:
+
+    python tests/slurm_cluster.py /tmp/slurm    # until Ctrl-C (or SIGTERM), which stops it
 
 A requeued job waits `cred_expire` seconds (AuthInfo; 120 by default) before it may start again;
 20 here keeps the preemption test short.
@@ -23,6 +25,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -205,3 +209,22 @@ class Cluster:
   def _squeue_ok_and_busy(self) -> bool:
     result = self.run("squeue", "--noheader", check=False)
     return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def main() -> None:
+  """Brings a cluster up under argv[1] (or a new temporary folder) until Ctrl-C or SIGTERM."""
+  root = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="slurm_")
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # Stops cleanly, as Ctrl-C does.
+  cluster = Cluster(root)
+  try:
+    cluster.start()
+    print(f"Slurm is up; in another shell: export SLURM_CONF={cluster.conf}", flush=True)
+    signal.pause()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    cluster.stop()
+
+
+if __name__ == "__main__":
+  main()
