@@ -518,9 +518,9 @@ class SlurmRun:
     from recon3d_jax import writers  # pylint: disable=import-outside-toplevel
     writers.setup_logging()
     result = run_one(self.sweep_dir, rid)
-    if result == "failed":
+    if result in ("failed", "blocked"):  # The job fails too, so Slurm agrees with --status.
       with open(os.path.join(run_dir(self.sweep_dir, rid), ERROR)) as f:
-        raise RuntimeError(f"run {rid} failed:\n{f.read()}")
+        raise RuntimeError(f"run {rid} {result}:\n{f.read()}")
     return result
 
   def checkpoint(self, rid: str):

@@ -113,6 +113,27 @@ def test_slurm_sweep_caps_its_array_and_reports_a_failed_run(tiny_config, slurm,
     jobs[2].result()
 
 
+@pytest.mark.slow
+def test_dependency_layer_waits_and_a_failed_dependency_fails_it_in_slurm_too(tiny_config, slurm,
+                                                                             tmp_path):
+  stage1 = {"arm": "stage1", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its job.
+  full = {"arm": "full", "seed": 0, "init_from": stage1}
+  spec = _study(tmp_path / "study.py", [full, stage1], tiny_config.data.data_dir)
+  sweep_dir = tmp_path / "sweep"
+  _submit(slurm, spec, sweep_dir)
+  _drain(slurm)
+
+  first, second = sorted((name for name in os.listdir(sweep_dir / "slurm")
+                          if name[0].isdigit()), key=int)  # Plain jobs: one run per layer.
+  records = {r["JobId"]: r for r in slurm.completions()}
+  assert records[second]["StartTime"] >= records[first]["EndTime"]  # afterany held it back.
+  # The sweep and Slurm agree: both runs failed, the second one as blocked.
+  assert [records[j]["JobState"] for j in (first, second)] == ["FAILED", "FAILED"]
+  status = _status(slurm, spec, sweep_dir)
+  assert "done: 0, running: 0, failed: 2, pending: 0" in status, status
+  assert f"failed {sweeps.run_id(full)}: blocked: dependency {sweeps.run_id(stage1)}" in status
+
+
 def _metrics(workdir) -> list[dict]:
   """A run's logged metrics without the wall-clock fields (which differ between attempts)."""
   with open(workdir / "metrics.jsonl") as f:
