@@ -32,13 +32,6 @@ def _submit(slurm, spec, sweep_dir, *flags) -> str:
   return output
 
 
-def _array_job(sweep_dir) -> str:
-  """The one array job id submitit made for a one-layer sweep (from its folders A_i)."""
-  ids = {name.split("_")[0] for name in os.listdir(sweep_dir / "slurm") if name[0].isdigit()}
-  assert len(ids) == 1, ids
-  return ids.pop()
-
-
 def _wait_until(condition, what: str, slurm, timeout_s: float = WAIT_S) -> None:
   deadline = time.time() + timeout_s
   while not condition():
@@ -84,54 +77,45 @@ def test_launcher_reports_what_sbatch_refused(slurm, tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_sweep_caps_its_array_and_reports_a_failed_run(tiny_config, slurm, tmp_path):
+def test_slurm_sweep_caps_its_array_fails_a_bad_run_and_blocks_its_dependent(tiny_config, slurm,
+                                                                             tmp_path):
   good = [{"arm": "vanilla", "seed": 0}, {"arm": "normal", "seed": 0}]
-  bad = {"arm": "normal", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its job.
-  spec = _study(tmp_path / "study.py", good + [bad], tiny_config.data.data_dir)
+  stage1 = {"arm": "stage1", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its job.
+  full = {"arm": "full", "seed": 0, "init_from": stage1}  # The second dependency layer.
+  spec = _study(tmp_path / "study.py", good + [stage1, full], tiny_config.data.data_dir)
   sweep_dir = tmp_path / "sweep"
   start = time.time()
   _submit(slurm, spec, sweep_dir, "--slurm_array_parallelism=2")
   running = _drain(slurm)
-  print(f"3-run Slurm sweep, cap 2: {time.time() - start:.1f} s")
+  print(f"4-run Slurm sweep, cap 2: {time.time() - start:.1f} s")
 
+  # Layer 0 is an array of 3 runs (folders A, A_0..A_2); layer 1 the lone `full`, a plain job.
+  array, dependent = sorted((name for name in os.listdir(sweep_dir / "slurm")
+                             if name.isdigit()), key=int)
+  records = slurm.completions()
+  layer0 = [r for r in records if r.get("ArrayJobId") == array]
+  (blocked,) = [r for r in records if r["JobId"] == dependent]
   # The node fits 4 such jobs; the array's cap of 2 is what holds the third back.
-  array = _array_job(sweep_dir)
-  records = [r for r in slurm.completions() if r.get("ArrayJobId") == array]
-  assert sorted(r["JobState"] for r in records) == ["COMPLETED", "COMPLETED", "FAILED"]
-  assert max(running) == 2 and _most_at_once(records) == 2, (running, records)
+  assert sorted(r["JobState"] for r in layer0) == ["COMPLETED", "COMPLETED", "FAILED"]
+  assert max(running) == 2 and _most_at_once(layer0) == 2, (running, layer0)
+  assert blocked["StartTime"] >= max(r["EndTime"] for r in layer0)  # afterany held it back.
+  assert blocked["JobState"] == "FAILED"  # Slurm agrees with --status below.
 
   for run in good:
     assert (sweep_dir / "runs" / sweeps.run_id(run) / sweeps.DONE).exists()
-  bad_id = sweeps.run_id(bad)
   status = _status(slurm, spec, sweep_dir)
-  assert "done: 2, running: 0, failed: 1, pending: 0" in status
-  assert f"failed {bad_id}: ConfigError: config.model.encoder='resnet11'" in status
-  # submitit's view of the same array: results of the good runs, the error of the bad one.
-  jobs = [submitit.SlurmJob(sweep_dir / "slurm" / "%j", f"{array}_{i}") for i in range(3)]
+  assert "done: 2, running: 0, failed: 2, pending: 0" in status, status
+  assert (f"failed {sweeps.run_id(stage1)}: ConfigError: config.model.encoder='resnet11'"
+          in status)
+  assert f"failed {sweeps.run_id(full)}: blocked: dependency {sweeps.run_id(stage1)}" in status
+  # submitit's view: results of the good runs, the errors of the others.
+  jobs = [submitit.SlurmJob(sweep_dir / "slurm" / "%j", job_id)
+          for job_id in (f"{array}_0", f"{array}_1", f"{array}_2", dependent)]
   assert [j.result() for j in jobs[:2]] == ["done", "done"]
   with pytest.raises(submitit.core.utils.FailedJobError, match="resnet11"):
     jobs[2].result()
-
-
-@pytest.mark.slow
-def test_dependency_layer_waits_and_a_failed_dependency_fails_it_in_slurm_too(tiny_config, slurm,
-                                                                             tmp_path):
-  stage1 = {"arm": "stage1", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its job.
-  full = {"arm": "full", "seed": 0, "init_from": stage1}
-  spec = _study(tmp_path / "study.py", [full, stage1], tiny_config.data.data_dir)
-  sweep_dir = tmp_path / "sweep"
-  _submit(slurm, spec, sweep_dir)
-  _drain(slurm)
-
-  first, second = sorted((name for name in os.listdir(sweep_dir / "slurm")
-                          if name[0].isdigit()), key=int)  # Plain jobs: one run per layer.
-  records = {r["JobId"]: r for r in slurm.completions()}
-  assert records[second]["StartTime"] >= records[first]["EndTime"]  # afterany held it back.
-  # The sweep and Slurm agree: both runs failed, the second one as blocked.
-  assert [records[j]["JobState"] for j in (first, second)] == ["FAILED", "FAILED"]
-  status = _status(slurm, spec, sweep_dir)
-  assert "done: 0, running: 0, failed: 2, pending: 0" in status, status
-  assert f"failed {sweeps.run_id(full)}: blocked: dependency {sweeps.run_id(stage1)}" in status
+  with pytest.raises(submitit.core.utils.FailedJobError, match="blocked"):
+    jobs[3].result()
 
 
 def _metrics(workdir) -> list[dict]:
@@ -151,7 +135,7 @@ def test_requeued_slurm_job_resumes_to_the_uninterrupted_result(tiny_config, slu
   requeued, reference = tmp_path / "requeued", tmp_path / "reference"
   start = time.time()
   _submit(slurm, spec, requeued)
-  _submit(slurm, spec, reference)
+  _submit(slurm, spec, reference, "--nobuild_data")  # The first launch built it.
   workdir = requeued / "runs" / rid
   _wait_until((workdir / "checkpoints" / "10").exists, "first checkpoint", slurm)
   # submitit submits a lone run as a plain job (no array).
