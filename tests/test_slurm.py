@@ -33,6 +33,8 @@ def _submit(slurm, spec, sweep_dir, *flags) -> str:
 
 
 def _wait_until(condition, what: str, slurm, timeout_s: float = WAIT_S) -> None:
+  """Polls `condition`; on timeout fails with Slurm's queue and the daemons' logs (what to
+  read first when a job never starts or never ends)."""
   deadline = time.time() + timeout_s
   while not condition():
     assert time.time() < deadline, (f"no {what} after {timeout_s} s; Slurm's queue: "
@@ -60,6 +62,7 @@ def _most_at_once(records: list[dict]) -> int:
 
 
 def _status(slurm, spec, sweep_dir) -> str:
+  """launch/sweep.py --status's output: what a user sees, read from the sweep dir's markers."""
   return subprocess.run([sys.executable, "launch/sweep.py", f"--config={spec}",
                          f"--sweep_dir={sweep_dir}", "--status"], cwd=REPO, env=slurm.env,
                         capture_output=True, text=True, timeout=60).stdout
