@@ -157,6 +157,7 @@ def test_requeued_slurm_job_resumes_to_the_uninterrupted_result(tiny_config, slu
   resumed = [int(line.rsplit(" ", 1)[1].rstrip(".")) for line in log.splitlines()
              if "Resumed from step" in line]
   assert resumed and 0 < resumed[-1] < run["total_steps"], log[-3000:]
+  print(f"the requeued attempt resumed from step {resumed[-1]}")
   # jobcomp logs the killed attempt with the state it was left in (PENDING: requeued).
   states = [r["JobState"] for r in slurm.completions() if r["JobId"] == job]
   assert states == ["PENDING", "COMPLETED"], states
