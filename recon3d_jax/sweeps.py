@@ -572,11 +572,11 @@ def submit_slurm(sweep_dir: str, executor) -> list:
     try:
       previous = executor.map_array(SlurmRun(sweep_dir), ids)
     except FailedJobError as e:
+      submitted = [j.job_id for j in jobs] or "nothing"
       raise SubmissionError(
           f"Slurm refused layer {layer} ({len(ids)} run{'s' * (len(ids) != 1)}): "
-          f"{str(e).strip()}; expected "
-          "resources its partition has (see sinfo; --slurm_gpus=0 where nodes have no GPU). "
-          f"Already submitted: {[j.job_id for j in jobs] or 'nothing'}.") from e
+          f"{str(e).strip()}; expected resources its partition has (see sinfo; --slurm_gpus=0 "
+          f"where nodes have no GPU). Already submitted: {submitted}.") from e
     jobs += previous
     logging.info("Submitted %d runs (layer %d): %s", len(ids), layer,
                  [j.job_id for j in previous])
