@@ -58,10 +58,14 @@ def main(argv) -> None:
   if _BACKEND.value == "local":
     sweeps.run_local(sweep_dir, _WORKERS.value)
   else:
-    sweeps.submit_slurm(sweep_dir, sweeps.slurm_executor(
+    executor = sweeps.slurm_executor(
         sweep_dir, partition=_SLURM_PARTITION.value, time_min=_SLURM_TIME.value,
         gpus=_SLURM_GPUS.value, cpus=_SLURM_CPUS.value, mem_gb=_SLURM_MEM.value,
-        array_parallelism=_SLURM_PARALLELISM.value))
+        array_parallelism=_SLURM_PARALLELISM.value)
+    try:
+      sweeps.submit_slurm(sweep_dir, executor)
+    except sweeps.SubmissionError as e:
+      sys.exit(f"error: {e}")
   print(sweeps.format_status(sweep_dir))
 
 

@@ -518,9 +518,9 @@ class SlurmRun:
     from recon3d_jax import writers  # pylint: disable=import-outside-toplevel
     writers.setup_logging()
     result = run_one(self.sweep_dir, rid)
-    if result == "failed":
+    if result in ("failed", "blocked"):  # The job fails too, so Slurm agrees with --status.
       with open(os.path.join(run_dir(self.sweep_dir, rid), ERROR)) as f:
-        raise RuntimeError(f"run {rid} failed:\n{f.read()}")
+        raise RuntimeError(f"run {rid} {result}:\n{f.read()}")
     return result
 
   def checkpoint(self, rid: str):
@@ -542,14 +542,19 @@ def slurm_executor(sweep_dir: str, *, partition: str | None, time_min: int, gpus
   return executor
 
 
+class SubmissionError(RuntimeError):
+  """Slurm refused a submission: sbatch's message, and the jobs submitted before it."""
+
+
 def submit_slurm(sweep_dir: str, executor) -> list:
   """Submits the unfinished runs as job arrays, one per dependency layer; returns the jobs.
 
   `executor` is a configured submitit executor (its slurm_array_parallelism caps each array).
   On Slurm a layer starts after the previous one ends (dependency=afterany; a run whose
   dependency failed then fails as blocked). Other executors (e.g. submitit's debug executor)
-  run jobs in submission order.
+  run jobs in submission order. Raises SubmissionError if sbatch refuses a layer.
   """
+  from submitit.core.utils import FailedJobError  # pylint: disable=import-outside-toplevel
   manifest = read_manifest(sweep_dir)
   depth: dict[str, int] = {}
   for rid, run in manifest["runs"].items():  # Manifest order puts dependencies first.
@@ -564,7 +569,14 @@ def submit_slurm(sweep_dir: str, executor) -> list:
         extra["dependency"] = "afterany:" + ":".join(
             sorted({j.job_id.split("_")[0] for j in previous}))
       executor.update_parameters(slurm_additional_parameters=extra)
-    previous = executor.map_array(SlurmRun(sweep_dir), ids)
+    try:
+      previous = executor.map_array(SlurmRun(sweep_dir), ids)
+    except FailedJobError as e:
+      submitted = [j.job_id for j in jobs] or "nothing"
+      raise SubmissionError(
+          f"Slurm refused layer {layer} ({len(ids)} run{'s' * (len(ids) != 1)}): "
+          f"{str(e).strip()}; expected resources its partition has (see sinfo; --slurm_gpus=0 "
+          f"where nodes have no GPU). Already submitted: {submitted}.") from e
     jobs += previous
     logging.info("Submitted %d runs (layer %d): %s", len(ids), layer,
                  [j.job_id for j in previous])

@@ -14,6 +14,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 
 import pytest  # noqa: E402
 
+import slurm_cluster  # noqa: E402  (tests/, on sys.path beside this conftest)
+
 
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory):
@@ -22,3 +24,25 @@ def tiny_config(tmp_path_factory):
   config = default.get_config("runlocal")
   config.data.data_dir = str(tmp_path_factory.mktemp("data_dir"))
   return config
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+  """A local single-node Slurm for the tests marked `slurm`, torn down after the session.
+
+  Skips (with the reason and the daemons' log tails) where it cannot start: Slurm not
+  installed, not root, or the daemons fail. Never leaves a daemon or job behind.
+  """
+  cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
+  try:
+    cluster.start()
+  except slurm_cluster.Unavailable as e:
+    cluster.stop()
+    pytest.skip(str(e))
+  except BaseException:
+    cluster.stop()
+    raise
+  try:
+    yield cluster
+  finally:
+    cluster.stop()

@@ -209,6 +209,24 @@ def test_debug_executor_runs_a_checkpointable_job(tmp_path, monkeypatch):
   assert isinstance(requeued.function, sweeps.SlurmRun) and requeued.args == ("some_id",)
 
 
+def test_slurm_job_of_a_failed_or_blocked_run_fails(tmp_path, monkeypatch):
+  """So that Slurm's job state agrees with --status (the failed runs' jobs end FAILED)."""
+  from recon3d_jax import train
+
+  def fail(config, workdir):
+    raise ValueError("boom")
+
+  monkeypatch.setattr(train, "train_and_evaluate", fail)
+  stage1 = {"arm": "stage1", "seed": 0}
+  full = {"arm": "full", "seed": 0, "init_from": stage1}
+  _fake_sweep(tmp_path, [stage1, full])
+  job = sweeps.SlurmRun(str(tmp_path))
+  with pytest.raises(RuntimeError, match=f"run {sweeps.run_id(stage1)} failed:\nValueError"):
+    job(sweeps.run_id(stage1))
+  with pytest.raises(RuntimeError, match=f"run {sweeps.run_id(full)} blocked:\nblocked"):
+    job(sweeps.run_id(full))
+
+
 def test_slurm_submission_has_array_cap_requeue_and_dependency(tmp_path):
   stage1 = [{"arm": "stage1", "seed": s} for s in range(3)]
   full = [{"arm": "full", "seed": s, "init_from": r} for s, r in enumerate(stage1)]
