@@ -634,7 +634,9 @@ class Builder:
                  ["sd(Δ): SD over seeds of the per-seed paired difference; MDE: the smallest "
                   "|Δ| the two-sided paired t-test over these seeds detects with 80% power at "
                   "α = 0.05 (noncentral t); seeds for an effect: the fewest seeds giving that "
-                  "power at this sd(Δ) (— : none needed for Δ = 0, or more than 100,000).",
+                  "power at this sd(Δ) (— : none needed for Δ = 0, or more than 100,000). "
+                  "sd(Δ) is estimated from the seeds at hand (n - 1 degrees of freedom): with "
+                  "few seeds the MDE and the seed counts are rough.",
                   "Two-level CI: percentile bootstrap resampling seeds, then each drawn seed's "
                   "test instances; it adds the instance sampling noise to the seed-level one."],
                  data)
@@ -707,16 +709,20 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
     save(fig, "scaling.png")
   if "table2_benchmarks" in by_name:
     data = [d for d in by_name["table2_benchmarks"].data if d["comparison"]]
-    fig, ax = plt.subplots(figsize=(6, 1 + 0.5 * len(data)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.5 * len(data)))
     for i, d in enumerate(data):
       c = d["comparison"]
+      if "t_low" in c:  # Below 10 seeds the bootstrap alone understates the uncertainty.
+        ax.plot([c["t_low"], c["t_high"]], [i, i], color="C0", alpha=0.25, lw=6)
       if "low" in c:
         ax.plot([c["low"], c["high"]], [i, i], color="C0")
       ax.plot([c["diff"]], [i], "o", color="C0")
     ax.axvline(0, color="gray", lw=1)
     ax.set_yticks(range(len(data)), [f"{d['value']}: {d['arm']} − {d['versus']}" for d in data])
     ax.invert_yaxis()
-    ax.set(xlabel=f"Δ {f_name}, 95% CI", title="Per-benchmark paired differences")
+    ax.locator_params(axis="x", nbins=5)
+    ax.set(xlabel=f"Δ {f_name}, 95% CI", title="Paired differences (line: bootstrap;\nband: "
+           "t-interval, below 10 seeds)")
     save(fig, "forest.png")
   return written
 
