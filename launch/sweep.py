@@ -1,7 +1,7 @@
 """Launches a study's sweep: python launch/sweep.py --config=configs/study/main.py[:arg] ...
 
     python launch/sweep.py --config=configs/study/main.py:runlocal --sweep_dir=/tmp/study \
-        --backend=local --workers=2
+        --backend=local --workers=2 --pack_size=4
     python launch/sweep.py --config=configs/study/main.py --sweep_dir=/data/study --backend=slurm \
         --slurm_partition=gpu --slurm_gpus=1 --slurm_array_parallelism=32
     python launch/sweep.py --config=configs/study/main.py:runlocal --sweep_dir=/tmp/study --status
@@ -26,6 +26,10 @@ _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Directory of the sweep's ru
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm"], "Where runs execute.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Local backend: runs at a time (CPU threads are "
                                 "split evenly between them).")
+_PACK_SIZE = flags.DEFINE_integer(
+    "pack_size", 1, "Most runs trained as one program (recon3d_jax/packing.py): runs that differ "
+    "only in seed and core arm share a process, compilation and data loading. 1: one run per "
+    "process.")
 _STATUS = flags.DEFINE_bool("status", False, "Print done/running/failed/pending counts and exit.")
 _BUILD_DATA = flags.DEFINE_bool("build_data", True, "Build the sweep's datasets once before the "
                                 "runs start.")
@@ -43,6 +47,8 @@ flags.mark_flags_as_required(["config", "sweep_dir"])
 def main(argv) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
+  if _PACK_SIZE.value < 1:
+    sys.exit(f"error: --pack_size={_PACK_SIZE.value}: expected a positive integer")
   sweep_dir = os.path.abspath(_SWEEP_DIR.value)
   try:
     if _STATUS.value:
@@ -56,14 +62,14 @@ def main(argv) -> None:
   if _BUILD_DATA.value:
     sweeps.prepare_data(manifest, sweep_dir)
   if _BACKEND.value == "local":
-    sweeps.run_local(sweep_dir, _WORKERS.value)
+    sweeps.run_local(sweep_dir, _WORKERS.value, _PACK_SIZE.value)
   else:
     executor = sweeps.slurm_executor(
         sweep_dir, partition=_SLURM_PARTITION.value, time_min=_SLURM_TIME.value,
         gpus=_SLURM_GPUS.value, cpus=_SLURM_CPUS.value, mem_gb=_SLURM_MEM.value,
         array_parallelism=_SLURM_PARALLELISM.value)
     try:
-      sweeps.submit_slurm(sweep_dir, executor)
+      sweeps.submit_slurm(sweep_dir, executor, _PACK_SIZE.value)
     except sweeps.SubmissionError as e:
       sys.exit(f"error: {e}")
   print(sweeps.format_status(sweep_dir))

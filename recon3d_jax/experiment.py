@@ -169,18 +169,24 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def create_train_state(config: ml_collections.ConfigDict, model: models.ReconModel,
                        tx: optax.GradientTransformation, mesh: Mesh) -> State:
   """Initialises parameters from config.seed, replicated over the mesh."""
+  return init_fn(config, model, tx, mesh)(config.seed)
+
+
+def init_fn(config: ml_collections.ConfigDict, model: models.ReconModel,
+            tx: optax.GradientTransformation, mesh: Mesh) -> Callable[[int], State]:
+  """Jitted seed -> initial state, replicated over the mesh: one compilation for any seed."""
   size = config.data.image_size
   blank = dict(image=jnp.zeros((1, size, size, 3)), mask=jnp.zeros((1, size, size)),
                depth=jnp.zeros((1, size, size)), normal=jnp.zeros((1, size, size, 3)))
   images = models.input_images(blank, model.input_maps, model.depth_offset)  # 3 or 7 channels.
   points = jnp.zeros((1, config.data.points_per_step, 3), jnp.float32)
 
-  def init():
+  def init(seed):
     # The rbg PRNG compiles init several times faster than threefry on CPU.
-    params = model.init(jax.random.key(config.seed, impl="rbg"), images, points)["params"]
+    params = model.init(jax.random.key(seed, impl="rbg"), images, points)["params"]
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))
 
 
 def make_train_step(model: models.ReconModel, tx: optax.GradientTransformation,
@@ -232,6 +238,42 @@ def train_step_for(config: ml_collections.ConfigDict, model: models.ReconModel,
   """The run's jitted train step: config.arm's loss weights and instance weighting."""
   return jit_train_step(make_train_step(model, tx, loss_weights_for(config),
                                         instance_weighting_for(config)), mesh)
+
+
+def make_packed_train_step(model: models.ReconModel, tx: optax.GradientTransformation,
+                           stream_of: Sequence[int],
+                           ) -> Callable[[State, dict, dict], tuple[State, dict]]:
+  """Returns step(states, batches, weights) -> (states, stats) for K packed models. Pure.
+
+  states and stats carry a leading model axis K; batches (S, B, ...) hold one batch per data
+  stream, and model k reads stream stream_of[k]; weights {term: (K,)} are each model's loss
+  weights. The single-run step is vmapped over the models (lax.map, one model after another
+  inside the program, was 4-6x slower per model on CPU: benchmarks/packing.py).
+  """
+  index = np.asarray(stream_of)
+
+  def one(state, batch, weights):
+    return make_train_step(model, tx, weights)(state, batch)
+
+  def step(states: State, batches: dict, weights: dict) -> tuple[State, dict]:
+    batches = jax.tree.map(lambda x: x[index], batches)  # (K, B, ...)
+    return jax.vmap(one)(states, batches, weights)
+
+  return step
+
+
+def packed_train_step_for(configs: Sequence[ml_collections.ConfigDict],
+                          model: models.ReconModel, tx: optax.GradientTransformation, mesh: Mesh,
+                          stream_of: Sequence[int]):
+  """The pack's jitted step(states, batches): each config's loss weights, states replicated and
+  donated, batches (S, B, ...) sharded on `data` along B."""
+  weights = [loss_weights_for(c) for c in configs]
+  weights = {t: jnp.asarray([w[t] for w in weights], jnp.float32) for t in weights[0]}
+  replicated = sharding.replicated(mesh)
+  step = jax.jit(make_packed_train_step(model, tx, stream_of),
+                 in_shardings=(replicated, sharding.data_sharded(mesh, axis=1), replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return lambda states, batches: step(states, batches, weights)
 
 
 def count_params(params) -> int:

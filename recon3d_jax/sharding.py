@@ -21,13 +21,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+def data_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Split along `axis` over `data` (axis 1 for packed batches, whose axis 0 is the stream)."""
+  return NamedSharding(mesh, P(*[None] * axis, "data"))
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Places this process's slice of the global batch on the mesh, split along axis 0."""
-  sharding = data_sharded(mesh)
+def shard_batch(batch: dict, mesh: Mesh, axis: int = 0) -> dict:
+  """Places this process's slice of the global batch on the mesh, split along `axis`."""
+  sharding = data_sharded(mesh, axis)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 

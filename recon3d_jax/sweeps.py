@@ -31,12 +31,12 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 from absl import logging
 
-from recon3d_jax import config_lib, writers
+from recon3d_jax import config_lib, packing, writers
 
 MANIFEST = "manifest.json"
 DONE, ERROR, LOCK = "DONE", "ERROR", "LOCK"
@@ -337,43 +337,98 @@ def mark_failed(sweep_dir: str, rid: str, message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Executing one run (inside a worker: a spawned process or a Slurm job).
 # ---------------------------------------------------------------------------------------------
-def run_one(sweep_dir: str, rid: str) -> str:
-  """Runs (or resumes) one run; returns "done", "skipped" (already done), "locked" (another
-  attempt is live), "blocked" (a dependency is not done) or "failed" (ERROR written).
+def run_pack(sweep_dir: str, rids: Sequence[str]) -> dict[str, str]:
+  """Runs (or resumes) runs `rids` as one pack (train.train_and_evaluate_pack; one run alone
+  through train.train_and_evaluate). Returns id -> "done", "skipped" (already done), "locked"
+  (another attempt is live), "blocked" (a dependency is not done) or "failed" (ERROR written).
 
-  Never raises for a failure of the run itself: the traceback goes to WORKDIR/ERROR.
+  Runs that are done, locked or blocked drop out and the others train. Never raises for a
+  failure of the runs themselves: the traceback goes to each WORKDIR/ERROR.
   """
-  workdir = run_dir(sweep_dir, rid)
-  if os.path.exists(os.path.join(workdir, DONE)):
-    return "skipped"
-  lock = RunLock(workdir)
-  if not lock.acquire():
-    logging.warning("Run %s is being run by another process (%s); skipping it.", rid, lock.path)
-    return "locked"
+  results: dict[str, str] = {}
+  locks: list[RunLock] = []
   try:
-    if os.path.exists(os.path.join(workdir, DONE)):  # Finished while we waited for the lock.
-      return "skipped"
-    _remove(os.path.join(workdir, ERROR))
     manifest = read_manifest(sweep_dir)
-    for dep in manifest["runs"][rid]["depends_on"]:
-      if not os.path.exists(os.path.join(run_dir(sweep_dir, dep), DONE)):
-        mark_failed(sweep_dir, rid, f"blocked: dependency {dep} is {run_state(sweep_dir, dep)}, "
-                    "expected done")
-        return "blocked"
-    start = time.time()
-    try:
-      from recon3d_jax import train  # Imports JAX: only ever inside a worker.
-      train.train_and_evaluate(run_config(manifest, rid, sweep_dir), workdir)
-    except Exception as e:  # pylint: disable=broad-except
-      logging.exception("Run %s failed.", rid)
-      # The exception first: the line that --status and the report show.
-      mark_failed(sweep_dir, rid, f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}")
-      return "failed"
-    writers.atomic_write(os.path.join(workdir, DONE), json.dumps(
-        dict(host=socket.gethostname(), finished=time.time(), attempt_s=time.time() - start)))
-    return "done"
+    for rid in rids:
+      workdir = run_dir(sweep_dir, rid)
+      if os.path.exists(os.path.join(workdir, DONE)):
+        results[rid] = "skipped"
+        continue
+      lock = RunLock(workdir)
+      if not lock.acquire():
+        logging.warning("Run %s is being run by another process (%s); skipping it.", rid,
+                        lock.path)
+        results[rid] = "locked"
+        continue
+      locks.append(lock)
+      if os.path.exists(os.path.join(workdir, DONE)):  # Finished while we waited for the lock.
+        results[rid] = "skipped"
+        continue
+      _remove(os.path.join(workdir, ERROR))
+      for dep in manifest["runs"][rid]["depends_on"]:
+        if not os.path.exists(os.path.join(run_dir(sweep_dir, dep), DONE)):
+          mark_failed(sweep_dir, rid, f"blocked: dependency {dep} is "
+                      f"{run_state(sweep_dir, dep)}, expected done")
+          results[rid] = "blocked"
+          break
+    todo = [rid for rid in rids if rid not in results]
+    if todo:
+      results.update(_train(sweep_dir, manifest, todo))
+    return results
   finally:
-    lock.release()
+    for lock in locks:
+      lock.release()
+
+
+def _train(sweep_dir: str, manifest: dict, rids: list[str]) -> dict[str, str]:
+  """Trains runs `rids` (locked, not done) together; writes DONE or ERROR for each."""
+  configs = [run_config(manifest, rid, sweep_dir) for rid in rids]
+  workdirs = [run_dir(sweep_dir, rid) for rid in rids]
+  start = time.time()
+  try:
+    from recon3d_jax import train  # Imports JAX: only ever inside a worker.
+    if len(rids) == 1:
+      train.train_and_evaluate(configs[0], workdirs[0])
+    else:
+      train.train_and_evaluate_pack(configs, workdirs)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.exception("Run(s) %s failed.", rids)
+    packed = f" (packed with {rids})" if len(rids) > 1 else ""
+    for rid in rids:  # The exception first: the line that --status and the report show.
+      mark_failed(sweep_dir, rid, f"{type(e).__name__}: {e}{packed}\n\n{traceback.format_exc()}")
+    return dict.fromkeys(rids, "failed")
+  for workdir in workdirs:
+    writers.atomic_write(os.path.join(workdir, DONE), json.dumps(dict(
+        host=socket.gethostname(), finished=time.time(), attempt_s=time.time() - start,
+        packed_with=len(rids))))
+  return dict.fromkeys(rids, "done")
+
+
+def run_one(sweep_dir: str, rid: str) -> str:
+  """Runs (or resumes) one run alone: run_pack of one."""
+  return run_pack(sweep_dir, [rid])[rid]
+
+
+def plan_packs(manifest: dict, sweep_dir: str, rids: Sequence[str],
+               pack_size: int) -> list[list[str]]:
+  """Groups runs `rids` into packs of at most `pack_size` that can train as one program
+  (packing.signature) and are at the same checkpoint step. Runs with dependencies, and runs
+  that failed before (so that one run's failure cannot stop the others again), run alone."""
+  def key(rid):
+    if manifest["runs"][rid]["depends_on"] or run_state(sweep_dir, rid) == "failed":
+      return None
+    sig = packing.signature(run_config(manifest, rid, sweep_dir).to_dict())
+    return None if sig is None else (sig, latest_checkpoint_step(run_dir(sweep_dir, rid)))
+  return [[rids[i] for i in pack] for pack in packing.group([key(r) for r in rids], pack_size)]
+
+
+def latest_checkpoint_step(workdir: str) -> int:
+  """The newest step under WORKDIR/checkpoints (Orbax's step folders), 0 if none; JAX-free."""
+  try:
+    return max((int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()),
+               default=0)
+  except FileNotFoundError:
+    return 0
 
 
 EXIT_CODES = {"done": 0, "skipped": 0, "failed": 1, "blocked": 1, "locked": 3}
@@ -407,18 +462,23 @@ def share_compilation_cache(sweep_dir: str) -> None:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-def worker_main(sweep_dir: str, rid: str, threads: int, cpus: list[int] | None) -> None:
-  """Entry of a spawned local worker: limits threads, logs to WORKDIR/log.txt, runs `rid`."""
+def worker_main(sweep_dir: str, pack: list[str], threads: int, cpus: list[int] | None) -> None:
+  """Entry of a spawned local worker: limits threads, logs to the first run's WORKDIR/log.txt
+  (the others' log.txt point there), runs the pack."""
   limit_threads(threads, cpus)
   share_compilation_cache(sweep_dir)
-  workdir = run_dir(sweep_dir, rid)
-  os.makedirs(workdir, exist_ok=True)
-  log = os.open(os.path.join(workdir, "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+  log_path = os.path.join(run_dir(sweep_dir, pack[0]), "log.txt")
+  for rid in pack:
+    os.makedirs(run_dir(sweep_dir, rid), exist_ok=True)
+    if rid != pack[0]:
+      with open(os.path.join(run_dir(sweep_dir, rid), "log.txt"), "a") as f:
+        f.write(f"Packed with runs {pack}: the log is {log_path}\n")
+  log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
   os.dup2(log, 1)
   os.dup2(log, 2)
   from recon3d_jax import writers  # After limit_threads: imports JAX's neighbours.
   writers.setup_logging()
-  sys.exit(EXIT_CODES[run_one(sweep_dir, rid)])
+  sys.exit(max(EXIT_CODES[r] for r in run_pack(sweep_dir, pack).values()))
 
 
 def build_datasets(data_configs: list[dict]) -> None:
@@ -455,11 +515,13 @@ def prepare_data(manifest: dict, sweep_dir: str) -> None:
     process.join()
 
 
-def run_local(sweep_dir: str, workers: int, poll_s: float = 0.2) -> dict[str, list[str]]:
-  """Runs every unfinished run of the manifest, `workers` spawned processes at a time.
+def run_local(sweep_dir: str, workers: int, pack_size: int = 1,
+              poll_s: float = 0.2) -> dict[str, list[str]]:
+  """Runs every unfinished run of the manifest in packs of at most `pack_size` (plan_packs),
+  `workers` spawned processes at a time.
 
-  Each run gets its own process (a crash or SIGKILL costs that run only) pinned to its share of
-  the CPUs. Dependencies run first; dependents of a failed run fail as blocked. Returns the
+  Each pack gets its own process (a crash or SIGKILL costs that pack only) pinned to its share
+  of the CPUs. Dependencies run first; dependents of a failed run fail as blocked. Returns the
   final `status`.
   """
   manifest = read_manifest(sweep_dir)
@@ -467,65 +529,73 @@ def run_local(sweep_dir: str, workers: int, poll_s: float = 0.2) -> dict[str, li
   threads = max(1, (len(cpus) if cpus else os.cpu_count() or 1) // workers)
   slots = [cpus[i * threads:(i + 1) * threads] if cpus and len(cpus) >= workers else None
            for i in range(workers)]
-  todo = [rid for rid in manifest["runs"] if run_state(sweep_dir, rid) != "done"]
-  running: dict[str, tuple[Any, int]] = {}  # id -> (process, slot)
+  todo = plan_packs(manifest, sweep_dir, [rid for rid in manifest["runs"]
+                                          if run_state(sweep_dir, rid) != "done"], pack_size)
+  running: dict[tuple[str, ...], tuple[Any, int]] = {}  # pack -> (process, slot)
   ctx = _spawn()
   while todo or running:
-    for rid in list(todo):
+    for pack in list(todo):
       free = [s for s in range(workers) if s not in {slot for _, slot in running.values()}]
       if not free:
         break
-      deps = {d: run_state(sweep_dir, d) for d in manifest["runs"][rid]["depends_on"]}
+      # Only a pack of one has dependencies (plan_packs).
+      deps = {d: run_state(sweep_dir, d) for d in manifest["runs"][pack[0]]["depends_on"]}
       if any(s == "failed" for s in deps.values()):
         failed = [d for d, s in deps.items() if s == "failed"]
-        mark_failed(sweep_dir, rid, f"blocked: dependency {failed} failed")
-        todo.remove(rid)
+        mark_failed(sweep_dir, pack[0], f"blocked: dependency {failed} failed")
+        todo.remove(pack)
       elif all(s == "done" for s in deps.values()):
-        process = ctx.Process(target=worker_main, args=(sweep_dir, rid, threads,
+        process = ctx.Process(target=worker_main, args=(sweep_dir, pack, threads,
                                                         slots[free[0]]))
         process.start()
-        running[rid] = (process, free[0])
-        todo.remove(rid)
-        logging.info("Started run %s (%s).", rid, manifest["runs"][rid]["overrides"])
-      elif not running and all(d not in todo for d, s in deps.items() if s != "done"):
-        logging.warning("Run %s waits on %s, run by another launcher; relaunch later.", rid,
+        running[tuple(pack)] = (process, free[0])
+        todo.remove(pack)
+        logging.info("Started %s.", "; ".join(
+            f"run {rid} ({manifest['runs'][rid]['overrides']})" for rid in pack))
+      elif not running and all(d not in {r for p in todo for r in p}
+                               for d, s in deps.items() if s != "done"):
+        logging.warning("Run %s waits on %s, run by another launcher; relaunch later.", pack[0],
                         [d for d, s in deps.items() if s != "done"])
-        todo.remove(rid)
-    for rid, (process, _) in list(running.items()):
+        todo.remove(pack)
+    for pack, (process, _) in list(running.items()):
       if process.exitcode is None:
         continue
-      del running[rid]
-      state = run_state(sweep_dir, rid)
-      if process.exitcode != 0 and state == "pending":  # Died without writing ERROR.
-        mark_failed(sweep_dir, rid, f"the worker process died (exit code {process.exitcode})")
-        state = "failed"
-      logging.info("Run %s: %s.", rid, state)
+      del running[pack]
+      for rid in pack:
+        state = run_state(sweep_dir, rid)
+        if process.exitcode != 0 and state == "pending":  # Died without writing ERROR.
+          mark_failed(sweep_dir, rid, f"the worker process died (exit code {process.exitcode})")
+          state = "failed"
+        logging.info("Run %s: %s.", rid, state)
     time.sleep(poll_s)
   return status(sweep_dir)
 
 
 class SlurmRun:
-  """submitit-checkpointable callable running one run: requeued on preemption or timeout.
+  """submitit-checkpointable callable running one pack of runs (a run id, or a list of ids):
+  requeued on preemption or timeout.
 
-  Resuming needs no state here: train_and_evaluate restarts from the workdir's checkpoint.
+  Resuming needs no state here: each run restarts from its workdir's checkpoint.
   """
 
   def __init__(self, sweep_dir: str):
     self.sweep_dir = os.path.abspath(sweep_dir)
 
-  def __call__(self, rid: str) -> str:
+  def __call__(self, pack: str | Sequence[str]) -> str:
     share_compilation_cache(self.sweep_dir)  # Takes effect if JAX is not imported yet.
     from recon3d_jax import writers  # pylint: disable=import-outside-toplevel
     writers.setup_logging()
-    result = run_one(self.sweep_dir, rid)
-    if result in ("failed", "blocked"):  # The job fails too, so Slurm agrees with --status.
+    results = run_pack(self.sweep_dir, [pack] if isinstance(pack, str) else list(pack))
+    bad = {rid: r for rid, r in results.items() if r in ("failed", "blocked")}
+    if bad:  # The job fails too, so Slurm agrees with --status.
+      rid, result = next(iter(bad.items()))
       with open(os.path.join(run_dir(self.sweep_dir, rid), ERROR)) as f:
         raise RuntimeError(f"run {rid} {result}:\n{f.read()}")
-    return result
+    return results[pack] if isinstance(pack, str) else ",".join(results.values())
 
-  def checkpoint(self, rid: str):
+  def checkpoint(self, pack: str | Sequence[str]):
     import submitit  # pylint: disable=import-outside-toplevel
-    return submitit.helpers.DelayedSubmission(SlurmRun(self.sweep_dir), rid)
+    return submitit.helpers.DelayedSubmission(SlurmRun(self.sweep_dir), pack)
 
 
 def slurm_executor(sweep_dir: str, *, partition: str | None, time_min: int, gpus: int,
@@ -546,8 +616,9 @@ class SubmissionError(RuntimeError):
   """Slurm refused a submission: sbatch's message, and the jobs submitted before it."""
 
 
-def submit_slurm(sweep_dir: str, executor) -> list:
-  """Submits the unfinished runs as job arrays, one per dependency layer; returns the jobs.
+def submit_slurm(sweep_dir: str, executor, pack_size: int = 1) -> list:
+  """Submits the unfinished runs as job arrays, one per dependency layer, one job per pack of
+  at most `pack_size` runs (plan_packs); returns the jobs.
 
   `executor` is a configured submitit executor (its slurm_array_parallelism caps each array).
   On Slurm a layer starts after the previous one ends (dependency=afterany; a run whose
@@ -563,6 +634,7 @@ def submit_slurm(sweep_dir: str, executor) -> list:
   jobs, previous = [], []
   for layer in sorted({depth[rid] for rid in todo}):
     ids = [rid for rid in todo if depth[rid] == layer]
+    packs = [p[0] if len(p) == 1 else p for p in plan_packs(manifest, sweep_dir, ids, pack_size)]
     if getattr(executor, "cluster", None) == "slurm":
       extra = {"requeue": True}  # Slurm may requeue the job itself too (node failure).
       if previous:
@@ -570,7 +642,7 @@ def submit_slurm(sweep_dir: str, executor) -> list:
             sorted({j.job_id.split("_")[0] for j in previous}))
       executor.update_parameters(slurm_additional_parameters=extra)
     try:
-      previous = executor.map_array(SlurmRun(sweep_dir), ids)
+      previous = executor.map_array(SlurmRun(sweep_dir), packs)
     except FailedJobError as e:
       submitted = [j.job_id for j in jobs] or "nothing"
       raise SubmissionError(
@@ -578,6 +650,6 @@ def submit_slurm(sweep_dir: str, executor) -> list:
           f"{str(e).strip()}; expected resources its partition has (see sinfo; --slurm_gpus=0 "
           f"where nodes have no GPU). Already submitted: {submitted}.") from e
     jobs += previous
-    logging.info("Submitted %d runs (layer %d): %s", len(ids), layer,
+    logging.info("Submitted %d runs in %d jobs (layer %d): %s", len(ids), len(packs), layer,
                  [j.job_id for j in previous])
   return jobs

@@ -2,12 +2,14 @@
 
 Data parallel over all devices: batches sharded over the mesh's `data` axis, state replicated
 (see sharding.py). The loop is one readable function; periodic actions go through `_is_time`.
+The same loop trains a pack of runs as one program (train_and_evaluate_pack, packing.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from typing import Sequence
 
 import grain.python as grain
 import jax
@@ -19,7 +21,8 @@ from absl import logging
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from recon3d_jax import config_lib, evaluate, experiment, sharding, visualize, writers
+from recon3d_jax import (config_lib, evaluate, experiment, packing, sharding, visualize,
+                         writers)
 from recon3d_jax.data import pipeline
 
 # Config keys that may change when a run is resumed; anything else must match the checkpoint.
@@ -72,104 +75,159 @@ def _is_time(step: int, every_steps: int, total_steps: int) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mesh: Mesh | None = None) -> experiment.State:
   """Trains (resuming from WORKDIR's latest checkpoint if any), then evaluates on test."""
-  experiment.validate(config)
-  config_lib.check_workdir(workdir)
+  return train_and_evaluate_pack([config], [workdir], mesh)[0]
+
+
+def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
+                            mesh: Mesh | None = None) -> list[experiment.State]:
+  """Trains runs that differ only in packing.PACKABLE_KEYS as one program, then evaluates each.
+
+  Each run reads and writes its own workdir exactly as a run trained alone (config.json,
+  metrics.jsonl, checkpoints of its own state and data iterator, eval/), so it resumes packed or
+  alone. Runs of one seed share that seed's data stream, as they would read it alone. One run
+  uses the single-run step, several experiment.make_packed_train_step. Returns each run's final
+  state.
+  """
+  for config in configs:
+    experiment.validate(config)
+  if len(configs) > 1:
+    packing.check_packable([json.loads(c.to_json()) for c in configs])
+  for workdir in workdirs:
+    config_lib.check_workdir(workdir)
+  config, packed = configs[0], len(configs) > 1  # The settings all runs share.
   mesh = mesh or sharding.make_mesh()
   if config.batch_size % mesh.size:
     raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
                                  f"of the device count {mesh.size}")
-  manager = experiment.checkpoint_manager(workdir, config)
-  check_compatible(workdir, config, manager)  # Before config.json is (re)written.
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  managers = [experiment.checkpoint_manager(w, c) for w, c in zip(workdirs, configs)]
+  for workdir, c, manager in zip(workdirs, configs, managers):
+    check_compatible(workdir, c, manager)  # Before config.json is (re)written.
+  starts = {w: m.latest_step() or 0 for w, m in zip(workdirs, managers)}
+  if len(set(starts.values())) > 1:
+    raise config_lib.ConfigError(f"the packed runs are at different steps {starts}; expected "
+                                 "runs at the same step (launch/sweep.py packs only such runs)")
+  for workdir, c in zip(workdirs, configs):
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json(indent=2))
 
   # ----------------------------------------------------------------------------- data + state
   sources = pipeline.load_sources(config.data)
-  loader = pipeline.train_loader(sources["train"], global_batch_size=config.batch_size,
-                                 points_per_step=config.data.points_per_step, seed=config.seed,
-                                 supervision=config.data.supervision,
-                                 max_level=config.data.max_level,
-                                 curriculum=config.data.curriculum,
-                                 total_steps=config.total_steps)
-  data_iter = iter(loader)
+  seeds = sorted({c.seed for c in configs})
+  stream_of = [seeds.index(c.seed) for c in configs]  # Run k reads stream stream_of[k].
+  data_iters = [iter(pipeline.train_loader(
+      sources["train"], global_batch_size=config.batch_size,
+      points_per_step=config.data.points_per_step, seed=seed,
+      supervision=config.data.supervision, max_level=config.data.max_level,
+      curriculum=config.data.curriculum, total_steps=config.total_steps)) for seed in seeds]
   model, tx = experiment.build_model(config), experiment.make_optimizer(config)
-  state = experiment.create_train_state(config, model, tx, mesh)
-  logging.info("Model parameters: %d (%s)", experiment.count_params(state["params"]), ", ".join(
-      f"{name} {experiment.count_params(subtree)}" for name, subtree in state["params"].items()))
+  init = experiment.init_fn(config, model, tx, mesh)
+  states = [init(c.seed) for c in configs]
+  logging.info("Model parameters: %d (%s)%s", experiment.count_params(states[0]["params"]),
+               ", ".join(f"{name} {experiment.count_params(subtree)}"
+                         for name, subtree in states[0]["params"].items()),
+               f"; {len(configs)} runs packed" if packed else "")
 
-  start = manager.latest_step() or 0
-  seconds_before = 0.0  # Training seconds of earlier sessions of this run (see below).
-  if not start and experiment.needs_stage1_run(config):
-    state = experiment.init_encoder_from(state, config.init_from, mesh)
+  start = starts[workdirs[0]]
+  seconds_before = [0.0] * len(configs)  # Training seconds of earlier sessions (see below).
+  if not start and experiment.needs_stage1_run(config):  # A 3D-R-DEP arm: never packed.
+    states = [experiment.init_encoder_from(states[0], config.init_from, mesh)]
   if start:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.PyGrainCheckpointRestore(data_iter)))
-    state = restored["state"]
-    kept_rows = _truncate_metrics(workdir, start)
-    # The clock continues from the restored step's logged time, so time/train_s stays monotone
-    # and measures the time to reach each step; the seconds after that row up to the crash are
-    # not counted, as their work is redone (the rows that logged it were dropped above).
-    seconds_before = _train_seconds_at(kept_rows, start)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, states[0])
+    for k, (workdir, manager) in enumerate(zip(workdirs, managers)):
+      items = dict(state=ocp.args.StandardRestore(abstract))
+      if stream_of.index(stream_of[k]) == k:  # The first run of each stream restores it.
+        items["data"] = grain.PyGrainCheckpointRestore(data_iters[stream_of[k]])
+      states[k] = manager.restore(start, args=ocp.args.Composite(**items))["state"]
+      # The clock continues from the restored step's logged time, so time/train_s stays
+      # monotone and measures the time to reach each step; the seconds after that row up to
+      # the crash are not counted, as their work is redone (the rows that logged it are dropped).
+      seconds_before[k] = _train_seconds_at(_truncate_metrics(workdir, start), start)
     logging.info("Resumed from step %d.", start)
 
-  train_step = experiment.train_step_for(config, model, tx, mesh)
-  writer = writers.MetricWriter(workdir)
+  if packed:
+    state = jax.tree.map(lambda *x: jnp.stack(x), *states)
+    train_step = experiment.packed_train_step_for(configs, model, tx, mesh, stream_of)
+  else:
+    state, train_step = states[0], experiment.train_step_for(config, model, tx, mesh)
+
+  def next_batch() -> dict:
+    if not packed:
+      return sharding.shard_batch(next(data_iters[0]), mesh)
+    batches = [next(it) for it in data_iters]
+    return sharding.shard_batch(jax.tree.map(lambda *x: np.stack(x), *batches), mesh, axis=1)
+
+  def unpack(tree) -> list:
+    """Per-run views of a (packed) pytree."""
+    if not packed:
+      return [tree]
+    return [jax.tree.map(lambda x: x[k], tree) for k in range(len(configs))]
+
+  metric_writers = [writers.MetricWriter(w) for w in workdirs]
   pending: list[tuple[int, dict]] = []  # Device-side stats not yet checked / written.
   loop_start = time.monotonic()
 
-  def train_seconds() -> float:
-    """Cumulative seconds of the training loop over all sessions of this run."""
-    return seconds_before + time.monotonic() - loop_start
+  def train_seconds(k: int) -> float:
+    """Cumulative seconds of run k's training loop over all its sessions."""
+    return seconds_before[k] + time.monotonic() - loop_start
 
   # ----------------------------------------------------------------------------- loop
   try:
     with tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
               dynamic_ncols=True) as bar:
       for step in range(start + 1, config.total_steps + 1):
-        state, stats = train_step(state, sharding.shard_batch(next(data_iter), mesh))
+        state, stats = train_step(state, next_batch())
         pending.append((step, stats))
         bar.update(1)
         log_now = _is_time(step, config.log_every_steps, config.total_steps)
         save_now = _is_time(step, config.checkpoint_every_steps, config.total_steps)
         if log_now or save_now:
           # Checking before every save keeps non-finite parameters out of checkpoints.
-          pending_host = [(s, jax.device_get(x)) for s, x in pending]
+          pending_host = [(s, unpack(jax.device_get(x))) for s, x in pending]
           pending.clear()
-          _raise_if_not_finite(pending_host, manager)
+          for k, (workdir, manager) in enumerate(zip(workdirs, managers)):
+            _raise_if_not_finite([(s, x[k]) for s, x in pending_host], manager,
+                                 f"run {workdir}: " if packed else "")
           if log_now:
             last_step, last = pending_host[-1]
-            writer.write(last_step, {**{f"train/{k}": v for k, v in last.items()},
-                                     writers.TRAIN_SECONDS: train_seconds()})
-            bar.set_postfix(loss=f"{float(last['loss/total']):.4f}")
+            for k, writer in enumerate(metric_writers):
+              writer.write(last_step, {**{f"train/{n}": v for n, v in last[k].items()},
+                                       writers.TRAIN_SECONDS: train_seconds(k)})
+            bar.set_postfix(loss=f"{float(last[0]['loss/total']):.4f}")
         if save_now:
-          if not bool(_params_finite(state["params"])):  # A finite loss can still blow up an update.
-            raise FloatingPointError(f"non-finite parameters after step {step}; stopping. "
-                                     + _kept_checkpoint(manager))
-          manager.save(step, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state), data=grain.PyGrainCheckpointSave(data_iter),
-              config=ocp.args.JsonSave(json.loads(config.to_json()))))
+          for k, run_state in enumerate(unpack(state)):
+            if not bool(_params_finite(run_state["params"])):  # A finite loss can still blow
+              raise FloatingPointError(                       # up an update.
+                  f"{'run ' + workdirs[k] + ': ' if packed else ''}non-finite parameters after "
+                  f"step {step}; stopping. {_kept_checkpoint(managers[k])}")
+            managers[k].save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(run_state),
+                data=grain.PyGrainCheckpointSave(data_iters[stream_of[k]]),
+                config=ocp.args.JsonSave(json.loads(configs[k].to_json()))))
         if _is_time(step, config.eval_every_steps, config.total_steps):
-          val = evaluate.validation_losses(model, state["params"], config,
-                                           sources["validation"], mesh)
-          writer.write(step, {**val, writers.TRAIN_SECONDS: train_seconds()})
+          for k, run_state in enumerate(unpack(state)):
+            val = evaluate.validation_losses(model, run_state["params"], configs[k],
+                                             sources["validation"], mesh)
+            metric_writers[k].write(step, {**val, writers.TRAIN_SECONDS: train_seconds(k)})
   finally:
-    manager.wait_until_finished()  # Whatever stops the loop, in-flight checkpoints complete.
-  loop_seconds = train_seconds()  # Excludes the final evaluation below.
+    for manager in managers:
+      manager.wait_until_finished()  # Whatever stops the loop, in-flight checkpoints complete.
+  loop_seconds = [train_seconds(k) for k in range(len(configs))]  # Excludes the evaluation.
 
   # ----------------------------------------------------------------------------- final eval
-  summary = evaluate.evaluate_and_write(model, state["params"], config, workdir, sources, mesh)
-  writer.write(config.total_steps, {**{f"test/{k}": v for k, v in summary.items()
-                                       if isinstance(v, (int, float))},
-                                    writers.TRAIN_SECONDS: loop_seconds})
-  writer.close()
-  visualize.save_learning_curves(os.path.join(workdir, "eval", "learning_curves.png"),
-                                 writers.read_metrics(workdir), arm=config.arm)
-  return state
+  final = unpack(state)
+  for k, (c, workdir, writer) in enumerate(zip(configs, workdirs, metric_writers)):
+    summary = evaluate.evaluate_and_write(model, final[k]["params"], c, workdir, sources, mesh)
+    writer.write(c.total_steps, {**{f"test/{n}": v for n, v in summary.items()
+                                    if isinstance(v, (int, float))},
+                                 writers.TRAIN_SECONDS: loop_seconds[k]})
+    writer.close()
+    visualize.save_learning_curves(os.path.join(workdir, "eval", "learning_curves.png"),
+                                   writers.read_metrics(workdir), arm=c.arm)
+  return final
 
 
-def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointManager) -> None:
+def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointManager,
+                         prefix: str = "") -> None:
   """Stops at the first step with a non-finite statistic: the loss, or the gradient norm, which
   turns a step before the loss does (a NaN gradient makes every parameter NaN). Weight statistics
   may be NaN by definition (a level absent from the batch) and are not checked."""
@@ -178,7 +236,7 @@ def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointM
            if k.startswith(("loss/", "grad_norm", "param_norm")) and not np.isfinite(v)}
     if bad:
       raise FloatingPointError(
-          f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; "
+          f"{prefix}non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; "
           f"stopping. {_kept_checkpoint(manager)}")
 
 
