@@ -35,8 +35,6 @@ FLOORS = {
 KNOWN_VIOLATIONS = {
     (f"{PACKAGE}.geometry.render", f"{PACKAGE}.data.variants"):
         "shading moves into geometry/ (issue 17 item 3)",
-    (f"{PACKAGE}.models.model", f"{PACKAGE}.models"):
-        "the encoder registry stops needing a late import (issue 17 item 3)",
 }
 
 
