@@ -1,4 +1,4 @@
-"""Signed distance functions of analytic primitives, and random primitives.
+"""Signed distance functions of analytic primitives.
 
 Conventions (docs/DESIGN.md section 3):
   * World frame: right-handed, +y up. `normalize_shape` maps a shape into the
@@ -512,82 +512,3 @@ def normalize_shape(shape: Shape, kinds=ALL_KINDS) -> Shape:
   size = jnp.max(hi - lo)
   return shape._replace(scale=shape.scale / size,
                         translation=(shape.translation - centre) / size)
-
-
-def random_rotation(key):
-  """(3, 3) rotation uniform on SO(3), from a normalised Gaussian quaternion."""
-  q = jax.random.normal(key, (4,))
-  w, x, y, z = q / vec.length(*q)
-  return jnp.array([
-      [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-      [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-  ])
-
-
-def _log_uniform(u, lo, hi):
-  """Maps u in [0, 1) to a log-uniform value in [lo, hi)."""
-  return lo * (hi / lo) ** u
-
-
-# Random sizes from 4 uniforms u in [0, 1). The overall size is irrelevant
-# (normalize_shape rescales); aspect ratios stay within ~3:1 (a torus 4:1) and
-# the thinnest part (a torus tube) is at least 1/4 of the longest extent.
-def _sphere_params(u):
-  return jnp.array([0.5, 0.0, 0.0, 0.0])
-
-
-def _box_params(u):
-  return jnp.concatenate([0.5 * _log_uniform(u[:3], 1 / 3, 1), jnp.zeros(1)])
-
-
-def _rounded_box_params(u):
-  half = 0.5 * _log_uniform(u[:3], 1 / 3, 1)
-  return jnp.concatenate([half, (0.1 + 0.4 * u[3:]) * jnp.min(half)])
-
-
-def _torus_params(u):
-  # Tube / ring radius in [1/3, 0.6]: a visible hole, box aspect 2.7:1 to 4:1.
-  return jnp.array([0.5, 0.5 * (1 / 3 + (0.6 - 1 / 3) * u[0]), 0.0, 0.0])
-
-
-def _capsule_params(u):
-  # Half-length / radius in [0.2, 2]: total length / width in [1.2, 3].
-  return jnp.array([0.25 * _log_uniform(u[0], 0.2, 2.0), 0.25, 0.0, 0.0])
-
-
-def _cylinder_params(u):
-  return jnp.array([0.25, 0.25 * _log_uniform(u[0], 1 / 3, 3.0), 0.0, 0.0])
-
-
-def _cone_params(u):
-  return jnp.array([0.25, 0.25 * _log_uniform(u[0], 1 / 3, 3.0), 0.0, 0.0])
-
-
-def _ellipsoid_params(u):
-  return jnp.concatenate([0.5 * _log_uniform(u[:3], 1 / 3, 1), jnp.zeros(1)])
-
-
-_RANDOM_PARAMS = (_sphere_params, _box_params, _rounded_box_params,
-                  _torus_params, _capsule_params, _cylinder_params,
-                  _cone_params, _ellipsoid_params)
-
-
-def random_primitive(key, kinds: tuple[int, ...] = tuple(range(len(PRIMITIVE_KINDS)))
-                     ) -> Shape:
-  """Random primitive, normalised into the unit cube; jit- and vmap-able.
-
-  Kind uniform over the (static) `kinds`, indices into PRIMITIVE_KINDS;
-  random sizes (aspect up to ~3:1; a torus up to 4:1 so that its hole stays
-  open), rotation uniform on SO(3).
-  """
-  kind_key, size_key, rot_key = jax.random.split(key, 3)
-  kind = jnp.asarray(kinds, jnp.int32)[
-      jax.random.randint(kind_key, (), 0, len(kinds), jnp.int32)]
-  u = jax.random.uniform(size_key, (4,))
-  params = jax.lax.switch(kind, _RANDOM_PARAMS, u).astype(jnp.float32)
-  shape = Shape(kind=kind, params=params, rotation=random_rotation(rot_key),
-                scale=jnp.ones((), jnp.float32),
-                translation=jnp.zeros(3, jnp.float32))
-  return normalize_shape(shape, kinds)
-
