@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import trimesh
 from absl import app, flags
-from trimesh.ray import ray_triangle
 
+import reference_caster
 from recon3d_jax.data import builder, meshes, synth, variants
 from recon3d_jax.geometry import camera, mesh
 
@@ -65,11 +65,8 @@ def _accuracy(mesh_set, image_size, num_points):
   render = jax.jit(mesh.render, static_argnums=2)
   contains = jax.jit(mesh.contains)
   rotation = np.asarray(camera.look_at_camera(0.7, 0.4).rotation, np.float64)
-  c = ((np.arange(image_size) + 0.5) / image_size * 2 - 1) * np.tan(np.deg2rad(synth.FOV_DEG) / 2)
-  x, y = np.meshgrid(c, c, indexing="xy")
-  directions = np.stack([x, y, np.ones_like(x)], -1).reshape(-1, 3)
-  directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-  origins = np.broadcast_to([0.0, 0.0, -synth.CAMERA_DISTANCE], directions.shape)
+  origins, directions = reference_caster.eye_rays(image_size, synth.FOV_DEG,
+                                                  synth.CAMERA_DISTANCE)
   rng = np.random.default_rng(0)
   rows = []
   for name, tri, num_faces in zip(mesh_set.names, mesh_set.triangles, mesh_set.num_faces):
@@ -81,14 +78,7 @@ def _accuracy(mesh_set, image_size, num_points):
                          np.arange(3 * num_faces).reshape(-1, 3))  # Merges shared vertices.
     padded = mesh.pad_triangles(jnp.asarray(tri), bucket)
     out = jax.device_get(render(padded, cam, image_size))
-    faces, hit_rays, locations = ray_triangle.RayMeshIntersector(tm).intersects_id(
-        origins, directions, multiple_hits=False, return_locations=True)
-    ref_mask = np.zeros(len(directions), bool)
-    ref_mask[hit_rays] = True
-    ref_depth = np.zeros(len(directions))
-    ref_depth[hit_rays] = locations[:, 2] + synth.CAMERA_DISTANCE
-    ref_normal = np.zeros((len(directions), 3))
-    ref_normal[hit_rays] = tm.face_normals[faces]
+    ref_mask, ref_depth, ref_normal = reference_caster.trimesh_render(tm, origins, directions)
     mask = out["mask"].reshape(-1)
     both = mask & ref_mask
     depth_ok = np.abs(out["depth"].reshape(-1)[both] - ref_depth[both]) < 1e-3

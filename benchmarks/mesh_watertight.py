@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import trimesh
 from absl import app, flags
-from trimesh.ray import ray_triangle
 
 import reference_caster
 from recon3d_jax.data import builder, meshes, synth
@@ -121,24 +120,13 @@ def _posed(tri, num_faces):
 
 def _accuracy(versions, mesh_set, size):
   cam = synth.viewer_camera()
-  c = ((np.arange(size) + 0.5) / size * 2 - 1) * np.tan(np.deg2rad(synth.FOV_DEG) / 2)
-  x, y = np.meshgrid(c, c, indexing="xy")
-  directions = np.stack([x, y, np.ones_like(x)], -1).reshape(-1, 3)
-  directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-  origins = np.broadcast_to([0.0, 0.0, -synth.CAMERA_DISTANCE], directions.shape)
+  origins, directions = reference_caster.eye_rays(size, synth.FOV_DEG, synth.CAMERA_DISTANCE)
   pooled = {name: dict(depth_ok=[], angle=[], mask_same=[], per_mesh=[]) for name in versions}
   for tri, num_faces in zip(mesh_set.triangles, mesh_set.num_faces):
     posed = _posed(tri, num_faces)
     tm = trimesh.Trimesh(posed.reshape(-1, 3).astype(np.float64),
                          np.arange(3 * num_faces).reshape(-1, 3))
-    faces, rays, locations = ray_triangle.RayMeshIntersector(tm).intersects_id(
-        origins, directions, multiple_hits=False, return_locations=True)
-    ref_mask = np.zeros(len(directions), bool)
-    ref_mask[rays] = True
-    ref_depth = np.zeros(len(directions))
-    ref_depth[rays] = locations[:, 2] + synth.CAMERA_DISTANCE
-    ref_normal = np.zeros((len(directions), 3))
-    ref_normal[rays] = tm.face_normals[faces]
+    ref_mask, ref_depth, ref_normal = reference_caster.trimesh_render(tm, origins, directions)
     padded = mesh.pad_triangles(jnp.asarray(posed), len(tri))
     for name, fns in versions.items():
       out = jax.device_get(fns["render"](padded, cam, size))

@@ -5,9 +5,11 @@ docs/DESIGN.md section 3), i.e. along (u, v, 1): the ray parameter of a hit is i
 meets a face iff the 2D edge functions of the face's vertices, sheared so that the ray is the z
 axis, share a sign; edges are inclusive (a ray on an edge hits both faces), so a float64 ray
 never slips between faces. Faces are culled by their image-plane boxes on a grid of cells.
-Used by tests/test_mesh.py and benchmarks/mesh_watertight.py.
+Also trimesh's ray caster (`trimesh_render`), the second reference of the renderer's accuracy.
+Used by tests/test_mesh.py, benchmarks/mesh_watertight.py and benchmarks/mesh_render.py.
 """
 import numpy as np
+from trimesh.ray import ray_triangle
 
 # Edge functions below EDGE_TOL times the face's scale count as zero (inclusive edges).
 EDGE_TOL = 1e-12
@@ -29,6 +31,35 @@ def pixel_plane_coords(image_size, fov_deg):
   c = ((np.arange(image_size) + 0.5) / image_size * 2 - 1) * np.tan(np.deg2rad(fov_deg) / 2)
   u, v = np.meshgrid(c, c, indexing="xy")
   return u.reshape(-1), v.reshape(-1)
+
+
+def eye_rays(image_size, fov_deg, distance):
+  """(origins, directions), each (S * S, 3) float64, of the unit rays through the pixel centres of
+  a camera at (0, 0, -distance) looking along +z (the datasets' viewer camera), row-major."""
+  u, v = pixel_plane_coords(image_size, fov_deg)
+  directions = np.stack([u, v, np.ones_like(u)], -1)
+  directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+  return np.broadcast_to([0.0, 0.0, -distance], directions.shape), directions
+
+
+def trimesh_render(tm, origins, directions):
+  """trimesh's ray caster on a trimesh.Trimesh, for rays (N, 3) of a camera looking along +z: an
+  implementation independent of both geometry/mesh.py and `cast`.
+
+  Returns:
+    mask: (N,) bool, the ray hits.
+    depth: (N,) z-depth of the nearest hit (its z minus the origin's), 0 on a miss.
+    normal: (N, 3) unit normal of the hit face, 0 on a miss.
+  """
+  faces, rays, locations = ray_triangle.RayMeshIntersector(tm).intersects_id(
+      origins, directions, multiple_hits=False, return_locations=True)
+  mask = np.zeros(len(directions), bool)
+  mask[rays] = True
+  depth = np.zeros(len(directions))
+  depth[rays] = locations[:, 2] - origins[rays, 2]
+  normal = np.zeros((len(directions), 3))
+  normal[rays] = tm.face_normals[faces]
+  return mask, depth, normal
 
 
 def _pairs(cam, u, v, grid=64):

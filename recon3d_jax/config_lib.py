@@ -22,6 +22,13 @@ class ConfigError(ValueError):
 EVAL_DEFAULTS = dict(mise_resolution0=32, mise_upsampling_steps=2)
 RETIRED_EVAL_KEYS = dict(grid_resolution="the dense mesh grid, replaced by eval.mise_resolution0 "
                          "and eval.mise_upsampling_steps")
+# Keys that do not define a run: where it reads its data, how often it logs, evaluates and saves,
+# and how its final meshes are extracted (eval.grid_resolution: their retired name). Two configs
+# that differ only in these describe the same run, so a resume or a sweep's relaunch may change
+# them.
+NON_DEFINING_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
+                     "checkpoint_every_steps", "keep_checkpoints", "eval.grid_resolution",
+                     "eval.mise_resolution0", "eval.mise_upsampling_steps")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -70,6 +77,14 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[name] = value
   return out
+
+
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any],
+                   ignore: Iterable[str] = NON_DEFINING_KEYS) -> list[str]:
+  """The dotted keys, sorted, whose values differ between two (nested or flat) configs as dicts,
+  a key that only one has included; keys in `ignore` do not count."""
+  a, b, ignore = flatten(a), flatten(b), set(ignore)
+  return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

@@ -25,7 +25,6 @@ from absl import app, flags, logging
 from recon3d_jax import config_lib, sweeps, writers
 
 IGNORED = ("seed", "init_from")  # Keys in which the members of an ensemble may differ.
-COMPARED = (*IGNORED, "data.data_dir")  # Config keys not required to match.
 
 
 def groups(sweep_dir: str, members: int) -> list[tuple[str, list[str]]]:
@@ -63,10 +62,9 @@ def evaluate_ensemble(workdirs: list[str], out_dir: str) -> dict:
   mesh = sharding.make_mesh()
   members = [experiment.load(w, mesh=mesh) for w in workdirs]
   config = members[0][2]
-  reference = {k: v for k, v in config_lib.flatten(config.to_dict()).items() if k not in COMPARED}
   for workdir, (_, _, c) in zip(workdirs, members):
-    flat = {k: v for k, v in config_lib.flatten(c.to_dict()).items() if k not in COMPARED}
-    differing = sorted(k for k in set(flat) | set(reference) if flat.get(k) != reference.get(k))
+    differing = config_lib.differing_keys(config.to_dict(), c.to_dict(),
+                                          ignore=(*IGNORED, *config_lib.NON_DEFINING_KEYS))
     if differing:
       raise config_lib.ConfigError(f"run {workdir!r} differs from {workdirs[0]!r} in "
                                    f"{differing[:5]}; expected runs that differ only in seed")

@@ -43,8 +43,6 @@ DONE, ERROR, LOCK = "DONE", "ERROR", "LOCK"
 HEARTBEAT_S = 60  # A running attempt touches its LOCK this often...
 STALE_AFTER_S = 600  # ...so a LOCK untouched this long belongs to a dead attempt on any host.
 STATES = ("done", "running", "failed", "pending")
-# Base-config keys a relaunch may change without invalidating finished runs.
-RELAUNCHABLE_KEYS = ("data.data_dir",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +164,7 @@ def write_manifest(sweep_dir: str, study: Study) -> dict:
   path = os.path.join(sweep_dir, MANIFEST)
   if os.path.exists(path):
     old = read_manifest(sweep_dir)
-    old_flat, new_flat = config_lib.flatten(old["base"]), config_lib.flatten(base)
-    differing = sorted(k for k in set(old_flat) | set(new_flat)
-                       if k not in RELAUNCHABLE_KEYS and old_flat.get(k) != new_flat.get(k))
+    differing = config_lib.differing_keys(old["base"], base)
     if differing:
       raise config_lib.ConfigError(
           f"sweep dir {sweep_dir!r} holds runs of a different base config (differs at "

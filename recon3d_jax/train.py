@@ -25,12 +25,6 @@ from recon3d_jax import (config_lib, evaluate, experiment, packing, sharding, vi
                          writers)
 from recon3d_jax.data import pipeline
 
-# Config keys that may change when a run is resumed; anything else must match the checkpoint.
-RESUMABLE_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "keep_checkpoints",
-                  # The final mesh grid (renamed since older runs were written): eval only.
-                  "eval.grid_resolution", "eval.mise_resolution0", "eval.mise_upsampling_steps")
-
 
 # ---------------------------------------------------------------------------------------------
 # Resuming.
@@ -54,8 +48,7 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict,
   if saved is None:
     return
   saved, current = config_lib.flatten(saved), config_lib.flatten(json.loads(config.to_json()))
-  differing = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  differing = config_lib.differing_keys(saved, current)
   if differing:
     details = ", ".join(f"{k}: {source} has {saved.get(k)!r}, config has {current.get(k)!r}"
                         for k in differing[:5])

@@ -1,4 +1,5 @@
-"""Tests for recon3d_jax.data.corrupt: closed-form geometry, matched difficulty, holes, mixtures.
+"""Tests for recon3d_jax.data.corrupt and its calibration (data.calibration): closed-form
+geometry, matched difficulty, holes, mixtures.
 
 Angles here are computed independently of the module (arccos of the clipped dot product).
 """
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from recon3d_jax.data import corrupt
+from recon3d_jax.data import calibration, corrupt
 
 SIZE = 64
 F64 = (SIZE / 2) / np.tan(np.deg2rad(22.5))  # focal length in pixels at 64 px, 45 degree fov
@@ -40,7 +41,7 @@ def _sphere(size, centre=(0.1, -0.05, 2.2), radius=0.5):
 
 
 def _scenes(size, seed, count):
-  return [corrupt.synthetic_scene(size, np.random.default_rng([seed, k])) for k in range(count)]
+  return [calibration.synthetic_scene(size, np.random.default_rng([seed, k])) for k in range(count)]
 
 
 def _median_errors(scenes, level, seed):
@@ -51,8 +52,8 @@ def _median_errors(scenes, level, seed):
     n, valid = corrupt.corrupt_normals(normal, mask, level, np.random.default_rng([seed, k]))
     normal_errors.append(_angle_deg(n[valid], normal[valid]))
     d, d_valid = corrupt.corrupt_depth(depth, mask, level, np.random.default_rng([seed + 1, k]))
-    derived, derived_valid = corrupt.normals_from_depth(d, d_valid)
-    clean, clean_valid = corrupt.normals_from_depth(depth, mask)
+    derived, derived_valid = calibration.normals_from_depth(d, d_valid)
+    clean, clean_valid = calibration.normals_from_depth(depth, mask)
     both = derived_valid & clean_valid
     depth_errors.append(_angle_deg(derived[both], clean[both]))
   return np.median(np.concatenate(normal_errors)), np.median(np.concatenate(depth_errors))
@@ -70,7 +71,7 @@ def _matched(normal_err, depth_err, rel):
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_normals_from_depth_sphere(size):
   depth, normal, mask = _sphere(size)
-  derived, valid = corrupt.normals_from_depth(depth, mask)
+  derived, valid = calibration.normals_from_depth(depth, mask)
   interior = ndimage.binary_erosion(mask > 0, iterations=2)
   assert valid[interior].all() and not valid[mask == 0].any()
   assert np.median(_angle_deg(derived[interior], normal[interior])) < 1.0
@@ -81,7 +82,7 @@ def test_normals_from_depth_sphere(size):
 def test_normals_from_depth_tilted_plane():
   n = np.array([0.3, -0.2, -1.0]) / np.linalg.norm([0.3, -0.2, -1.0])
   depth = (-2.0 / (_rays(SIZE) @ n)).astype(np.float32)  # points P with n . P = -2
-  derived, valid = corrupt.normals_from_depth(depth, np.ones((SIZE, SIZE)))
+  derived, valid = calibration.normals_from_depth(depth, np.ones((SIZE, SIZE)))
   assert valid.all()  # one-sided differences at the image border
   errors = _angle_deg(derived, np.broadcast_to(n, derived.shape))
   assert np.median(errors) < 0.01 and errors.max() < 0.5
@@ -92,7 +93,7 @@ def test_normals_from_depth_stencil_validity():
   valid = np.ones((8, 8), bool)
   valid[3, 2] = valid[3, 4] = False  # (3, 3) has no valid column neighbour
   valid[6, 6] = False  # (6, 7) and (7, 6): their other neighbour is past the border
-  _, out_valid = corrupt.normals_from_depth(depth, valid)
+  _, out_valid = calibration.normals_from_depth(depth, valid)
   expected = valid.copy()
   expected[3, 3] = expected[6, 7] = expected[7, 6] = False
   np.testing.assert_array_equal(out_valid, expected)  # elsewhere one-sided differences suffice
@@ -132,7 +133,7 @@ def test_matched_difficulty_other_resolutions(size, rel):
 
 
 def test_calibration_reproduces_table():
-  got = corrupt.calibrate_depth_noise(levels=("medium",))
+  got = calibration.calibrate_depth_noise(levels=("medium",))
   np.testing.assert_allclose(got["medium"], corrupt.LEVEL_PARAMS["medium"].depth_noise, rtol=1e-2)
 
 
@@ -142,7 +143,7 @@ def test_tilt_is_the_same_surface_change_in_both_modalities():
                                   bias_deg=15.0, depth_noise=0.0)
   n, _ = corrupt.corrupt_normals(normal, mask, tilt_only, np.random.default_rng(3))
   d, valid = corrupt.corrupt_depth(depth, mask, tilt_only, np.random.default_rng(3))
-  derived, derived_valid = corrupt.normals_from_depth(d, valid)
+  derived, derived_valid = calibration.normals_from_depth(d, valid)
   interior = derived_valid & ndimage.binary_erosion(mask > 0, iterations=2)
   assert np.median(_angle_deg(n[interior], normal[interior])) > 5  # the tilt is there
   assert np.median(_angle_deg(derived[interior], n[interior])) < 1.0
@@ -166,7 +167,7 @@ def test_normal_noise_is_rayleigh_with_level_sigma():
 
 @pytest.mark.parametrize("name", corrupt.LEVELS)
 def test_holes_and_validity(name):
-  depth, normal, mask = corrupt.synthetic_scene(SIZE, np.random.default_rng(11))
+  depth, normal, mask = calibration.synthetic_scene(SIZE, np.random.default_rng(11))
   fg = mask > 0
   for out, valid in (corrupt.corrupt_depth(depth, mask, name, np.random.default_rng(0)),
                      corrupt.corrupt_normals(normal, mask, name, np.random.default_rng(0))):
@@ -182,7 +183,7 @@ def test_holes_and_validity(name):
 
 @pytest.mark.parametrize("name", corrupt.LEVELS)
 def test_outputs_are_deterministic_float32_and_leave_inputs_alone(name):
-  depth, normal, mask = corrupt.synthetic_scene(SIZE, np.random.default_rng(2))
+  depth, normal, mask = calibration.synthetic_scene(SIZE, np.random.default_rng(2))
   inputs = [x.copy() for x in (depth, normal, mask)]
   d1, dv1 = corrupt.corrupt_depth(depth, mask, name, np.random.default_rng(7))
   d2, dv2 = corrupt.corrupt_depth(depth, mask, name, np.random.default_rng(7))

@@ -2,6 +2,7 @@
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -175,3 +176,21 @@ def test_curriculum_unlocks_levels_easy_to_hard():
   again = pipeline.CurriculumSampler(record_levels, total_records=300, seed=3)
   assert [again[j].record_key for j in (250, 7, 120)] == [keys[250], keys[7], keys[120]]
   assert sampler[299].record_key == keys[299]  # Beyond the schedule: the hardest stage.
+
+
+def test_importing_the_builder_leaves_tfds_alone():
+  # The writer patches apply when a dataset is written (their effect: test_same_seed_same_bytes_
+  # other_seed_other_samples), and applying them again changes nothing.
+  code = textwrap.dedent("""
+      from tensorflow_datasets.core import example_serializer, shuffle
+      def writer():
+        return shuffle.MAX_MEM_BUFFER_SIZE, example_serializer.ExampleSerializer.serialize_example
+      default = writer()
+      from recon3d_jax.data import builder
+      assert writer() == default, "importing the builder patched TFDS"
+      builder.patch_tfds_writer()
+      patched = writer()
+      builder.patch_tfds_writer()
+      assert patched != default and writer() == patched
+  """)
+  subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

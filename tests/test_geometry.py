@@ -16,6 +16,7 @@ from scipy import stats
 from recon3d_jax.data import variants
 from recon3d_jax.geometry import camera as camera_lib
 from recon3d_jax.geometry import compact
+from recon3d_jax.geometry import families
 from recon3d_jax.geometry import groundtruth
 from recon3d_jax.geometry import render as render_lib
 from recon3d_jax.geometry import sdf as sdf_lib
@@ -48,7 +49,7 @@ def _take(tree, i):
 @functools.lru_cache(maxsize=None)
 def _random_shapes():
   """PER_KIND random primitives of each kind, sorted by kind."""
-  shapes = jax.jit(jax.vmap(sdf_lib.random_primitive))(
+  shapes = jax.jit(jax.vmap(families.random_primitive))(
       jax.random.split(jax.random.PRNGKey(7), 128))
   kinds = np.asarray(shapes.kind)
   index = np.concatenate(
@@ -429,7 +430,7 @@ def test_normalize_shape_fits_unit_cube():
 
 def test_aabb_of_rotated_box_matches_corners():
   half = np.array([0.4, 0.25, 0.1])
-  rot = np.asarray(sdf_lib.random_rotation(jax.random.PRNGKey(6)))
+  rot = np.asarray(families.random_rotation(jax.random.PRNGKey(6)))
   t = np.array([0.1, -0.2, 0.3])
   box = sdf_lib.make_shape('box', [*half, 0], rot, 1.5, t)
   corners = np.stack(np.meshgrid(*[[-h, h] for h in half]), -1).reshape(-1, 3)
@@ -441,7 +442,7 @@ def test_aabb_of_rotated_box_matches_corners():
 
 
 def test_random_rotation_is_uniform_rotation():
-  rots = np.asarray(jax.jit(jax.vmap(sdf_lib.random_rotation))(
+  rots = np.asarray(jax.jit(jax.vmap(families.random_rotation))(
       jax.random.split(jax.random.PRNGKey(8), 512)))
   np.testing.assert_allclose(rots @ np.swapaxes(rots, 1, 2),
                              np.broadcast_to(np.eye(3), rots.shape), atol=1e-5)

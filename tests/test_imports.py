@@ -31,15 +31,6 @@ FLOORS = {
     f"{PACKAGE}.ensemble": 5,
 }
 
-# Imports that break the rules today, each with the change that removes it; an entry whose import
-# is gone must be removed (test_known_violations_still_exist).
-KNOWN_VIOLATIONS = {
-    (f"{PACKAGE}.geometry.render", f"{PACKAGE}.data.variants"):
-        "shading moves into geometry/ (issue 17 item 3)",
-    (f"{PACKAGE}.models.model", f"{PACKAGE}.models"):
-        "the encoder registry stops needing a late import (issue 17 item 3)",
-}
-
 
 def module_name(path: pathlib.Path, root: pathlib.Path, package: str) -> str:
   parts = (package,) + path.relative_to(root).with_suffix("").parts
@@ -107,10 +98,6 @@ def upward_imports(graph: dict[str, set[str]], floors: dict[str, int]) -> list[s
           if floor_of(d, floors) > floor_of(m, floors)]
 
 
-def _without_known(graph):
-  return {m: {d for d in deps if (m, d) not in KNOWN_VIOLATIONS} for m, deps in graph.items()}
-
-
 @pytest.fixture(scope="module")
 def graph():
   return import_graph(ROOT, PACKAGE)
@@ -122,15 +109,11 @@ def test_graph_sees_the_package(graph):
 
 
 def test_no_import_cycle(graph):
-  assert find_cycle(_without_known(graph)) is None
+  assert find_cycle(graph) is None
 
 
 def test_every_module_has_a_floor_and_none_imports_upward(graph):
-  assert upward_imports(_without_known(graph), FLOORS) == []
-
-
-def test_known_violations_still_exist(graph):
-  assert [edge for edge in KNOWN_VIOLATIONS if edge[1] not in graph.get(edge[0], ())] == []
+  assert upward_imports(graph, FLOORS) == []
 
 
 def test_detects_a_cycle_through_a_local_import(tmp_path):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import trimesh
 from scipy import stats
-from trimesh.ray import ray_triangle
 
 from benchmarks import reference_caster
 from recon3d_jax.data import builder, meshes, synth, variants
@@ -64,20 +63,10 @@ def _trimesh(tri):
 
 def _trimesh_render(tri, image_size):
   """Reference depth, normal, mask of a camera at (0, 0, -EYE_DISTANCE) looking along +z."""
-  tm = _trimesh(tri)
-  c = ((np.arange(image_size) + 0.5) / image_size * 2 - 1) * np.tan(np.deg2rad(FOV_DEG) / 2)
-  x, y = np.meshgrid(c, c, indexing="xy")
-  directions = np.stack([x, y, np.ones_like(x)], -1).reshape(-1, 3)
-  directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
-  origins = np.broadcast_to([0.0, 0.0, -EYE_DISTANCE], directions.shape)
-  faces, rays, locations = ray_triangle.RayMeshIntersector(tm).intersects_id(
-      origins, directions, multiple_hits=False, return_locations=True)
-  depth = np.zeros(len(directions))
-  normal = np.zeros((len(directions), 3))
-  depth[rays] = locations[:, 2] + EYE_DISTANCE
-  normal[rays] = tm.face_normals[faces]
+  origins, directions = reference_caster.eye_rays(image_size, FOV_DEG, EYE_DISTANCE)
+  mask, depth, normal = reference_caster.trimesh_render(_trimesh(tri), origins, directions)
   shape = (image_size, image_size)
-  return depth.reshape(shape), normal.reshape(shape + (3,)), (depth > 0).reshape(shape)
+  return depth.reshape(shape), normal.reshape(shape + (3,)), mask.reshape(shape)
 
 
 @pytest.mark.parametrize("name,pairs_per_item", PATHS)

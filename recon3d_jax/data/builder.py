@@ -52,11 +52,24 @@ DOMAIN_VERSIONS = {"meshes": "2.5.0"}
 # TFDS's writer holds a split's records in memory up to 1 GB and beyond that spills them to
 # temporary files through tf.io.gfile, i.e. it then needs TensorFlow, which this package does not
 # use (a 10k-instance split is ~1 GB at 64 px, ~1.3 GB at 128 px). Splits stay in memory instead.
-tfds_shuffle.MAX_MEM_BUFFER_SIZE = 1 << 40
-# A tf.train.Example's feature map serialises in an order that differs between processes; with
-# sorted keys the same seed gives byte-identical files.
-example_serializer.ExampleSerializer.serialize_example = (
-    lambda self, example: self.get_tf_example(example).SerializeToString(deterministic=True))
+WRITER_MEMORY_BYTES = 1 << 40
+
+
+def _serialize_sorted(self, example) -> bytes:
+  """ExampleSerializer.serialize_example with sorted feature keys: a tf.train.Example's feature
+  map otherwise serialises in an order that differs between processes, and the same seed would
+  not give byte-identical files."""
+  return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
+def patch_tfds_writer() -> None:
+  """Makes TFDS write splits in memory and records with sorted keys (see above); idempotent.
+
+  Called when a dataset is written rather than on import, so importing this module leaves TFDS
+  as it is for anyone else in the process.
+  """
+  tfds_shuffle.MAX_MEM_BUFFER_SIZE = WRITER_MEMORY_BYTES
+  example_serializer.ExampleSerializer.serialize_example = _serialize_sorted
 
 
 @dataclasses.dataclass(eq=False)
@@ -239,6 +252,7 @@ class Recon3dSynth(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded: everything is rendered.
+    patch_tfds_writer()  # Every way of building (make_builder, tfds.builder by name) passes here.
     generator = Generator(self.builder_config)
     return {split: self._generate_examples(generator, split) for split in SPLITS}
 

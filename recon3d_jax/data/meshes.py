@@ -7,8 +7,8 @@ outward and normalised into the unit cube (longest bounding-box side 1, centred 
 Samples (`generate_batch`) follow synth.make_sample field for field, in the same viewer-centred
 frame: the mesh is rotated into the axes of a camera at a random azimuth/elevation, renormalised
 to the unit cube in that frame, and ray cast from a camera with identity rotation at
-(0, 0, -CAMERA_DISTANCE). View, lighting and shading come from `variants`, so a variant means the
-same for meshes as for SDF domains.
+(0, 0, -CAMERA_DISTANCE). View and lighting come from `variants` and shading from
+`geometry.shading`, so a variant means the same for meshes as for SDF domains.
 
 Compiled shapes. Face counts differ between meshes (76 to ~30k in the shared set); each mesh is
 padded with inert degenerate faces (geometry/mesh.py) to the next power of two (at least
@@ -32,7 +32,7 @@ import trimesh
 from absl import logging
 
 from recon3d_jax.data import synth, variants
-from recon3d_jax.geometry import camera, mesh
+from recon3d_jax.geometry import camera, mesh, shading
 
 MESH_EXTENSIONS = (".obj", ".off", ".ply")
 ON_ERROR = ("fail", "skip")
@@ -197,7 +197,7 @@ def make_sample(triangles: jax.Array, mesh_id: jax.Array, key: jax.Array, *,
   for name in ("light_dir", "stripe_dir"):
     appearance[name] = world_camera.rotation @ appearance[name]
   images = mesh.render(view, synth.viewer_camera(), image_size)
-  rgb = variants.shade(images["points"], images["normal"], images["mask"], appearance,
+  rgb = shading.shade(images["points"], images["normal"], images["mask"], appearance,
                        variant.texture)
 
   surface_points, surface_normals = mesh.sample_surface(view, k_surface, num_surface_points)

@@ -2,8 +2,8 @@
 
 A variant is data (a frozen dataclass, hashable so it can be a static jit argument). Every
 renderer (sphere tracing for SDF domains, ray casting for meshes) draws its view with
-`sample_view` and its lighting with `sample_appearance`, and shades hits with `shade`, so the
-same variant means the same thing in every domain.
+`sample_view` and its lighting with `sample_appearance`, and shades hits with
+`geometry.shading.shade`, so the same variant means the same thing in every domain.
 """
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-
-from recon3d_jax.geometry import vec
 
 BACKGROUNDS = ("random", "white", "black")
 
@@ -86,31 +84,3 @@ def sample_appearance(key: jax.Array, variant: Variant) -> dict[str, jax.Array]:
       background=background,
       stripe_dir=stripe / jnp.linalg.norm(stripe))
 
-
-STRIPE_FREQUENCY = 6 * jnp.pi  # Three light/dark periods across the unit cube.
-
-
-def shade(points: jax.Array, normals: jax.Array, hit: jax.Array, appearance: dict,
-          texture: float) -> jax.Array:
-  """Lambertian + ambient shading with optional stripe texture.
-
-  rgb = albedo * stripes(p) * (ambient + (1 - ambient) * max(0, n . light_dir)) on hits, the
-  background elsewhere; stripes(p) = 1 - texture * (0.5 + 0.5 sin(f p . stripe_dir)).
-
-  Args:
-    points: (..., 3) surface points in the frame of `light_dir` and `stripe_dir`.
-    normals: (..., 3) unit outward normals, same frame.
-    hit: (...,) bool foreground.
-    appearance: dict from `sample_appearance`.
-    texture: static stripe amplitude (Variant.texture).
-
-  Returns:
-    rgb (..., 3) float32 in [0, 1].
-  """
-  a = appearance
-  lambert = jnp.maximum(vec.dot(normals, a["light_dir"]), 0.0)
-  light = a["ambient"] + (1 - a["ambient"]) * lambert
-  stripes = 1.0 - texture * (0.5 + 0.5 * jnp.sin(STRIPE_FREQUENCY * vec.dot(points, a["stripe_dir"])))
-  rgb = a["albedo"] * (stripes * light)[..., None]
-  rgb = jnp.where(hit[..., None], rgb, a["background"])
-  return jnp.clip(rgb, 0.0, 1.0).astype(jnp.float32)

@@ -6,7 +6,8 @@ numerical bounding box, and synth normalises in the viewer frame anyway), with
 `family` its family id in the domain; `families` is a
 static tuple of allowed ids (None: all), drawn uniformly.
 
-  primitives  one primitive; families = sdf.PRIMITIVE_KINDS.
+  primitives  one primitive of random sizes and rotation (random_primitive);
+              families = sdf.PRIMITIVE_KINDS.
   compounds   2-4 primitives folded by one operation type; families = the
               operations (union, subtract, intersect, smooth_union).
   organic     smooth unions of superquadrics from templates: animals
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from recon3d_jax.geometry import csg
 from recon3d_jax.geometry import sdf as sdf_lib
+from recon3d_jax.geometry import vec
 
 
 class Domain(NamedTuple):
@@ -54,14 +56,91 @@ def _choose(key, allowed: tuple[int, ...]):
   return jnp.asarray(allowed, jnp.int32)[jax.random.randint(key, (), 0, len(allowed))]
 
 
+def random_rotation(key):
+  """(3, 3) rotation uniform on SO(3), from a normalised Gaussian quaternion."""
+  q = jax.random.normal(key, (4,))
+  w, x, y, z = q / vec.length(*q)
+  return jnp.array([
+      [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+      [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+  ])
+
+
 # ------------------------------------------------------------- primitives
 
 _PRIMITIVE_IDS = tuple(range(len(sdf_lib.PRIMITIVE_KINDS)))
 
 
+def _log_uniform(u, lo, hi):
+  """Maps u in [0, 1) to a log-uniform value in [lo, hi)."""
+  return lo * (hi / lo) ** u
+
+
+# Random sizes from 4 uniforms u in [0, 1). The overall size is irrelevant
+# (sdf.normalize_shape rescales); aspect ratios stay within ~3:1 (a torus 4:1) and
+# the thinnest part (a torus tube) is at least 1/4 of the longest extent.
+def _sphere_params(u):
+  return jnp.array([0.5, 0.0, 0.0, 0.0])
+
+
+def _box_params(u):
+  return jnp.concatenate([0.5 * _log_uniform(u[:3], 1 / 3, 1), jnp.zeros(1)])
+
+
+def _rounded_box_params(u):
+  half = 0.5 * _log_uniform(u[:3], 1 / 3, 1)
+  return jnp.concatenate([half, (0.1 + 0.4 * u[3:]) * jnp.min(half)])
+
+
+def _torus_params(u):
+  # Tube / ring radius in [1/3, 0.6]: a visible hole, box aspect 2.7:1 to 4:1.
+  return jnp.array([0.5, 0.5 * (1 / 3 + (0.6 - 1 / 3) * u[0]), 0.0, 0.0])
+
+
+def _capsule_params(u):
+  # Half-length / radius in [0.2, 2]: total length / width in [1.2, 3].
+  return jnp.array([0.25 * _log_uniform(u[0], 0.2, 2.0), 0.25, 0.0, 0.0])
+
+
+def _cylinder_params(u):
+  return jnp.array([0.25, 0.25 * _log_uniform(u[0], 1 / 3, 3.0), 0.0, 0.0])
+
+
+def _cone_params(u):
+  return jnp.array([0.25, 0.25 * _log_uniform(u[0], 1 / 3, 3.0), 0.0, 0.0])
+
+
+def _ellipsoid_params(u):
+  return jnp.concatenate([0.5 * _log_uniform(u[:3], 1 / 3, 1), jnp.zeros(1)])
+
+
+_RANDOM_PARAMS = (_sphere_params, _box_params, _rounded_box_params,
+                  _torus_params, _capsule_params, _cylinder_params,
+                  _cone_params, _ellipsoid_params)
+
+
+def random_primitive(key, kinds: tuple[int, ...] = _PRIMITIVE_IDS) -> sdf_lib.Shape:
+  """Random primitive, normalised into the unit cube; jit- and vmap-able.
+
+  Kind uniform over the (static) `kinds`, indices into sdf.PRIMITIVE_KINDS;
+  random sizes (aspect up to ~3:1; a torus up to 4:1 so that its hole stays
+  open), rotation uniform on SO(3).
+  """
+  kind_key, size_key, rot_key = jax.random.split(key, 3)
+  kind = jnp.asarray(kinds, jnp.int32)[
+      jax.random.randint(kind_key, (), 0, len(kinds), jnp.int32)]
+  u = jax.random.uniform(size_key, (4,))
+  params = jax.lax.switch(kind, _RANDOM_PARAMS, u).astype(jnp.float32)
+  shape = sdf_lib.Shape(kind=kind, params=params, rotation=random_rotation(rot_key),
+                        scale=jnp.ones((), jnp.float32),
+                        translation=jnp.zeros(3, jnp.float32))
+  return sdf_lib.normalize_shape(shape, kinds)
+
+
 def _sample_primitive(key, families=None) -> csg.Csg:
   families = _PRIMITIVE_IDS if families is None else families
-  return csg.from_primitive(sdf_lib.random_primitive(key, families),
+  return csg.from_primitive(random_primitive(key, families),
                             kinds=tuple(families))
 
 
@@ -116,7 +195,7 @@ def _sample_compound(key, families=None) -> csg.Csg:
   k_family, k_count, k_base, k_parts = jax.random.split(key, 4)
   op = _choose(k_family, families)
   num_active = jax.random.randint(k_count, (), 2, COMPOUND_PARTS + 1)
-  base = sdf_lib.random_primitive(k_base, _CONVEX)
+  base = random_primitive(k_base, _CONVEX)
   base_lo, base_hi = sdf_lib.shape_aabb(base, _CONVEX)
   thinnest = jnp.min(base_hi - base_lo)
   scale_range = jnp.array([_PART_SCALE[o] for o in range(len(csg.OPS))])[op]
@@ -126,8 +205,8 @@ def _sample_compound(key, families=None) -> csg.Csg:
     k_prim, k_dir, k_depth, k_scale, k_blend = jax.random.split(k, 5)
     # Union-like parts may be any primitive, the others convex ones.
     union_like = (op == csg.UNION) | (op == csg.SMOOTH_UNION)
-    any_kind = sdf_lib.random_primitive(k_prim, _PRIMITIVE_IDS)
-    convex = sdf_lib.random_primitive(k_prim, _CONVEX)
+    any_kind = random_primitive(k_prim, _PRIMITIVE_IDS)
+    convex = random_primitive(k_prim, _CONVEX)
     prim = jax.tree.map(lambda a, b: jnp.where(union_like, a, b), any_kind, convex)
     direction = jax.random.normal(k_dir, (3,))
     direction = direction / jnp.linalg.norm(direction)
@@ -248,7 +327,7 @@ def _sample_organic(key, families=None) -> csg.Csg:
       blend=jnp.full(ORGANIC_PARTS, 1.0, jnp.float32) *
       jax.random.uniform(k_blend, (), minval=0.03, maxval=0.07),
       active=active, family=family, kinds=(_SUPERQUADRIC,))
-  return csg.transform(shape, sdf_lib.random_rotation(k_rot), 1.0, jnp.zeros(3))
+  return csg.transform(shape, random_rotation(k_rot), 1.0, jnp.zeros(3))
 
 
 DOMAINS: dict[str, Domain] = {

@@ -8,10 +8,10 @@ Background pixels have depth 0 and normal 0.
 import jax
 import jax.numpy as jnp
 
-from recon3d_jax.data import variants
 from recon3d_jax.geometry import camera as camera_lib
 from recon3d_jax.geometry import compact
 from recon3d_jax.geometry import csg
+from recon3d_jax.geometry import shading
 from recon3d_jax.geometry import vec
 
 # Rays are traced only inside the shape's bounding box (within the unit cube),
@@ -151,16 +151,16 @@ def render(shape, camera: camera_lib.Camera, image_size: int, appearance: dict,
            texture: float = 0.0):
   """Renders a shape that lies in the unit cube (see csg.normalize).
 
-  Shading is variants.shade (Lambertian plus ambient, optional stripes) of
+  Shading is shading.shade (Lambertian plus ambient, optional stripes) of
   the hit points and normals in the shape's frame.
 
   Args:
     shape: an sdf.Shape or csg.Csg inside the unit cube.
     camera: the Camera.
     image_size: static int H = W.
-    appearance: dict from variants.sample_appearance, its directions in the
+    appearance: dict from data.variants.sample_appearance, its directions in the
       shape's frame.
-    texture: static stripe amplitude (variants.Variant.texture).
+    texture: static stripe amplitude (data.variants.Variant.texture).
 
   Returns:
     dict with rgb (H, W, 3) float32 in [0, 1]; depth (H, W) z-depth, 0 on the
@@ -188,7 +188,7 @@ def render(shape, camera: camera_lib.Camera, image_size: int, appearance: dict,
     normal = normal.reshape(points.shape)
   forward = camera.rotation[2]
   depth = t * vec.dot(directions, forward)
-  rgb = variants.shade(points, normal, hit, appearance, texture)
+  rgb = shading.shade(points, normal, hit, appearance, texture)
   return dict(
       rgb=rgb,
       depth=jnp.where(hit, depth, 0.0),

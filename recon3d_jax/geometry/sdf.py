@@ -1,4 +1,4 @@
-"""Signed distance functions of analytic primitives, and random primitives.
+"""Signed distance functions of analytic primitives.
 
 Conventions (docs/DESIGN.md section 3):
   * World frame: right-handed, +y up. `normalize_shape` maps a shape into the
@@ -155,19 +155,31 @@ def _cylinder(p, params):
 # Newton steps dominated a compound's ground-truth time (benchmarks/RESULTS.md,
 # "Figures behind code comments"). Under vmap that is
 # one evaluation instead of seven; alone, each kind's own formula is faster.
-# Its parameters (10,): revolved (0 or 1), b (3), c, r, a (3), m.
+# Its parameters are one (10,) vector, so that _switch can select them per kind
+# like any kind's params; these name its slots: revolved (0 or 1), half
+# extents b (3), ring radius c, rounding radius r, axis scales a (3) and the
+# distance scale m.
+_REVOLVED, _HALF, _RING, _ROUNDING, _AXIS_SCALE, _DIST_SCALE = (
+    0, slice(1, 4), 4, 5, slice(6, 9), 9)
 _NO_EXTENT = 1e6
+
+
+def _pack_profile(revolved, half, ring, rounding, axis_scale, dist_scale):
+  """_rounded_profile's (10,) parameter vector from its named slots."""
+  return jnp.stack([revolved, *half, ring, rounding, *axis_scale, dist_scale])
 
 
 def _rounded_profile_and_grad(p, g):
   """_rounded_profile and its gradient (d/dx, d/dy, d/dz), in closed form."""
-  x, y, z = [pi * ai for pi, ai in zip(p, g[6:9])]
-  revolved = g[0] > 0.5
+  axis_scale, dist_scale = g[_AXIS_SCALE], g[_DIST_SCALE]
+  x, y, z = [pi * ai for pi, ai in zip(p, axis_scale)]
+  revolved = g[_REVOLVED] > 0.5
   rho = vec.length(x, z)
-  q = (jnp.where(revolved, rho - g[4], x), y, jnp.where(revolved, 0.0, z))
-  box, (g0, g1, g2) = _box_sdf_and_grad(q, g[1:4])
+  q = (jnp.where(revolved, rho - g[_RING], x), y, jnp.where(revolved, 0.0, z))
+  box, (g0, g1, g2) = _box_sdf_and_grad(q, g[_HALF])
   local = (jnp.where(revolved, g0 * x / rho, g0), g1, jnp.where(revolved, g0 * z / rho, g2))
-  return g[9] * (box - g[5]), tuple(g[9] * ai * gi for ai, gi in zip(g[6:9], local))
+  return (dist_scale * (box - g[_ROUNDING]),
+          tuple(dist_scale * ai * gi for ai, gi in zip(axis_scale, local)))
 
 
 def _rounded_profile(p, g):
@@ -179,17 +191,19 @@ def _profile_params(kind):
   def convert(params):
     a, b, c, r = params[0], params[1], params[2], params[3]
     zero, one = jnp.zeros_like(a), jnp.ones_like(a)
-    unscaled = (one, one, one, one)
-    return jnp.stack({
-        'sphere': (zero, zero, zero, zero, zero, a) + unscaled,
-        'box': (zero, a, b, c, zero, zero) + unscaled,
-        'rounded_box': (zero, a - r, b - r, c - r, zero, r) + unscaled,
-        'torus': (one, zero, zero, zero + _NO_EXTENT, a, b) + unscaled,
-        'capsule': (one, zero, a, zero + _NO_EXTENT, zero, b) + unscaled,
-        'cylinder': (one, a, b, zero + _NO_EXTENT, zero, zero) + unscaled,
-        'ellipsoid': (zero, zero, zero, zero, zero, one, 1 / a, 1 / b, 1 / c,
-                      jnp.minimum(jnp.minimum(a, b), c)),
-    }[kind])
+    far = zero + _NO_EXTENT
+    slots = {
+        'sphere': dict(revolved=zero, half=(zero, zero, zero), ring=zero, rounding=a),
+        'box': dict(revolved=zero, half=(a, b, c), ring=zero, rounding=zero),
+        'rounded_box': dict(revolved=zero, half=(a - r, b - r, c - r), ring=zero, rounding=r),
+        'torus': dict(revolved=one, half=(zero, zero, far), ring=a, rounding=b),
+        'capsule': dict(revolved=one, half=(zero, a, far), ring=zero, rounding=b),
+        'cylinder': dict(revolved=one, half=(a, b, far), ring=zero, rounding=zero),
+        'ellipsoid': dict(revolved=zero, half=(zero, zero, zero), ring=zero, rounding=one,
+                          axis_scale=(1 / a, 1 / b, 1 / c),
+                          dist_scale=jnp.minimum(jnp.minimum(a, b), c)),
+    }[kind]
+    return _pack_profile(**{'axis_scale': (one, one, one), 'dist_scale': one, **slots})
   return convert
 
 
@@ -498,82 +512,3 @@ def normalize_shape(shape: Shape, kinds=ALL_KINDS) -> Shape:
   size = jnp.max(hi - lo)
   return shape._replace(scale=shape.scale / size,
                         translation=(shape.translation - centre) / size)
-
-
-def random_rotation(key):
-  """(3, 3) rotation uniform on SO(3), from a normalised Gaussian quaternion."""
-  q = jax.random.normal(key, (4,))
-  w, x, y, z = q / vec.length(*q)
-  return jnp.array([
-      [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-      [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-  ])
-
-
-def _log_uniform(u, lo, hi):
-  """Maps u in [0, 1) to a log-uniform value in [lo, hi)."""
-  return lo * (hi / lo) ** u
-
-
-# Random sizes from 4 uniforms u in [0, 1). The overall size is irrelevant
-# (normalize_shape rescales); aspect ratios stay within ~3:1 (a torus 4:1) and
-# the thinnest part (a torus tube) is at least 1/4 of the longest extent.
-def _sphere_params(u):
-  return jnp.array([0.5, 0.0, 0.0, 0.0])
-
-
-def _box_params(u):
-  return jnp.concatenate([0.5 * _log_uniform(u[:3], 1 / 3, 1), jnp.zeros(1)])
-
-
-def _rounded_box_params(u):
-  half = 0.5 * _log_uniform(u[:3], 1 / 3, 1)
-  return jnp.concatenate([half, (0.1 + 0.4 * u[3:]) * jnp.min(half)])
-
-
-def _torus_params(u):
-  # Tube / ring radius in [1/3, 0.6]: a visible hole, box aspect 2.7:1 to 4:1.
-  return jnp.array([0.5, 0.5 * (1 / 3 + (0.6 - 1 / 3) * u[0]), 0.0, 0.0])
-
-
-def _capsule_params(u):
-  # Half-length / radius in [0.2, 2]: total length / width in [1.2, 3].
-  return jnp.array([0.25 * _log_uniform(u[0], 0.2, 2.0), 0.25, 0.0, 0.0])
-
-
-def _cylinder_params(u):
-  return jnp.array([0.25, 0.25 * _log_uniform(u[0], 1 / 3, 3.0), 0.0, 0.0])
-
-
-def _cone_params(u):
-  return jnp.array([0.25, 0.25 * _log_uniform(u[0], 1 / 3, 3.0), 0.0, 0.0])
-
-
-def _ellipsoid_params(u):
-  return jnp.concatenate([0.5 * _log_uniform(u[:3], 1 / 3, 1), jnp.zeros(1)])
-
-
-_RANDOM_PARAMS = (_sphere_params, _box_params, _rounded_box_params,
-                  _torus_params, _capsule_params, _cylinder_params,
-                  _cone_params, _ellipsoid_params)
-
-
-def random_primitive(key, kinds: tuple[int, ...] = tuple(range(len(PRIMITIVE_KINDS)))
-                     ) -> Shape:
-  """Random primitive, normalised into the unit cube; jit- and vmap-able.
-
-  Kind uniform over the (static) `kinds`, indices into PRIMITIVE_KINDS;
-  random sizes (aspect up to ~3:1; a torus up to 4:1 so that its hole stays
-  open), rotation uniform on SO(3).
-  """
-  kind_key, size_key, rot_key = jax.random.split(key, 3)
-  kind = jnp.asarray(kinds, jnp.int32)[
-      jax.random.randint(kind_key, (), 0, len(kinds), jnp.int32)]
-  u = jax.random.uniform(size_key, (4,))
-  params = jax.lax.switch(kind, _RANDOM_PARAMS, u).astype(jnp.float32)
-  shape = Shape(kind=kind, params=params, rotation=random_rotation(rot_key),
-                scale=jnp.ones((), jnp.float32),
-                translation=jnp.zeros(3, jnp.float32))
-  return normalize_shape(shape, kinds)
-

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from recon3d_jax import models
+from recon3d_jax.models import encoders
 from recon3d_jax.models import pixel_aligned as pixel_aligned_lib
 from recon3d_jax.models import voxel
 from recon3d_jax.models.heads import DepthNormalHead
@@ -46,7 +46,7 @@ class ReconModel(nn.Module):
   """Single image -> {2.5D maps, occupancy logits at query points}.
 
   Attributes:
-    encoder: registered encoder name (see `models.ENCODERS`), e.g. 'resnet10'.
+    encoder: registered encoder name (see `encoders.ENCODERS`), e.g. 'resnet10'.
     encoder_width: the encoder's base width.
     encoder_kwargs: (name, value) pairs overriding the registered encoder's other arguments,
       e.g. (('depth', 4),) for a shallower transformer; empty: the registered architecture.
@@ -89,12 +89,12 @@ class ReconModel(nn.Module):
       raise ValueError(f'unknown decoder {self.decoder!r}; expected one of {list(DECODERS)}')
     if self.pixel_aligned and self.decoder != 'occupancy':
       raise ValueError(f'pixel_aligned features need the occupancy decoder, not {self.decoder!r}')
-    self.backbone = models.get_encoder(
+    self.backbone = encoders.get_encoder(
         self.encoder, width=self.encoder_width, code_dim=self.code_dim,
         **dict(self.encoder_kwargs))
     self.head = DepthNormalHead(self.head_width, self.depth_offset)
     if self.sketch:
-      self.sketch_backbone = models.get_encoder(
+      self.sketch_backbone = encoders.get_encoder(
           'resnet10', width=self.encoder_width, code_dim=self.code_dim)
     if self.projection_dim:
       self.projection = nn.Dense(self.projection_dim)
