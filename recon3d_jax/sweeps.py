@@ -164,7 +164,9 @@ def write_manifest(sweep_dir: str, study: Study) -> dict:
   path = os.path.join(sweep_dir, MANIFEST)
   if os.path.exists(path):
     old = read_manifest(sweep_dir)
-    differing = config_lib.differing_keys(old["base"], base)
+    # Only the data location may move: finished and new runs must share every other setting
+    # (evaluation included), so that one report never mixes them.
+    differing = config_lib.differing_keys(old["base"], base, ignore=("data.data_dir",))
     if differing:
       raise config_lib.ConfigError(
           f"sweep dir {sweep_dir!r} holds runs of a different base config (differs at "
