@@ -40,10 +40,11 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict,
   step = manager.latest_step()
   saved, source = None, "checkpoint"
   if step is not None and "config" in manager.item_metadata(step):
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    _, restored = experiment.restore_newest(
+        manager, ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved = restored["config"]
   elif os.path.exists(path := os.path.join(workdir, "config.json")):
-    with open(path) as f:
-      saved, source = json.load(f), "config.json"
+    saved, source = writers.read_json(path, "the config of the run in this workdir"), "config.json"
   elif step is not None:
     raise config_lib.ConfigError(
         f"workdir {workdir!r} holds checkpoints that carry no config and has no config.json; "
@@ -80,8 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                  f"of the device count {mesh.size}")
   manager = experiment.checkpoint_manager(workdir, config)
   check_compatible(workdir, config, manager)  # Before config.json is (re)written.
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  writers.atomic_write(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
   # ----------------------------------------------------------------------------- data + state
   sources = pipeline.load_sources(config.data)
@@ -97,22 +97,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Model parameters: %d (%s)", experiment.count_params(state["params"]), ", ".join(
       f"{name} {experiment.count_params(subtree)}" for name, subtree in state["params"].items()))
 
-  start = manager.latest_step() or 0
-  seconds_before = 0.0  # Training seconds of earlier sessions of this run (see below).
-  if not start and experiment.needs_stage1_run(config):
-    state = experiment.init_encoder_from(state, config.init_from, mesh)
-  if start:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.PyGrainCheckpointRestore(data_iter)))
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  start, restored = experiment.restore_newest(manager, ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), data=grain.PyGrainCheckpointRestore(data_iter)))
+  if start is None:
+    start = 0
+    if experiment.needs_stage1_run(config):
+      state = experiment.init_encoder_from(state, config.init_from, mesh)
+  else:
     state = restored["state"]
-    kept_rows = _truncate_metrics(workdir, start)
-    # The clock continues from the restored step's logged time, so time/train_s stays monotone
-    # and measures the time to reach each step; the seconds after that row up to the crash are
-    # not counted, as their work is redone (the rows that logged it were dropped above).
-    seconds_before = _train_seconds_at(kept_rows, start)
+    _set_aside_newer(manager, workdir, start)
     logging.info("Resumed from step %d.", start)
+  kept_rows = _truncate_metrics(workdir, start)
+  # Training seconds of earlier sessions of this run: the clock continues from the restored
+  # step's logged time, so time/train_s stays monotone and measures the time to reach each step;
+  # the seconds after that row up to the crash are not counted, as their work is redone (the
+  # rows that logged it were dropped above).
+  seconds_before = _train_seconds_at(kept_rows, start)
 
   train_step = experiment.train_step_for(config, model, tx, mesh)
   writer = writers.MetricWriter(workdir)
@@ -191,6 +192,21 @@ def _kept_checkpoint(manager: ocp.CheckpointManager) -> str:
 @jax.jit
 def _params_finite(params) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
+
+
+def _set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int) -> None:
+  """Moves the checkpoints newer than the restored `step` (damaged ones, skipped by
+  experiment.restore_newest) to WORKDIR/damaged_checkpoints, so that the resumed run can save
+  those steps again; they are kept for inspection, not deleted."""
+  newer = [s for s in manager.all_steps() if s > step]
+  for s in newer:
+    target = os.path.join(workdir, "damaged_checkpoints",
+                          f"{s}-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(manager.directory, str(s)), target)
+    logging.warning("Moved the damaged checkpoint of step %d to %s.", s, target)
+  if newer:
+    manager.reload()
 
 
 def _truncate_metrics(workdir: str, step: int) -> list[dict]:
