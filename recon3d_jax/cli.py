@@ -22,12 +22,28 @@ from recon3d_jax import config_lib
 TRACEBACK_ENV = "RECON3D_TRACEBACK"  # Set (to anything non-empty): tracebacks are not hidden.
 # Errors whose message is the whole story (a config value, a flag, a file, a diverged run): printed
 # without their type or the traceback hint.
-EXPECTED = (config_lib.ConfigError, flags.Error, OSError, FloatingPointError)
+EXPECTED = (config_lib.ConfigError, flags.Error, OSError, FloatingPointError, SyntaxError)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
   """absl's app.run(main), with failures turned into one line (see the module docstring)."""
-  app.run(guarded(main), flags_parser=guarded(flags.FLAGS))
+  app.run(guarded(main), flags_parser=guarded(parse_flags))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing. A `--config.key=value` whose key the config lacks, which ml_collections
+  reports as a bare KeyError or AttributeError, becomes a ConfigError saying so."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    raise config_lib.ConfigError(f"a --config override names no config field: "
+                                 f"{' '.join(_lines(e))}") from None
+
+
+def no_arguments(argv: list[str]) -> None:
+  """Raises ConfigError for positional arguments (every entry takes only --flags)."""
+  if len(argv) > 1:
+    raise config_lib.ConfigError(f"unexpected arguments {argv[1:]}; expected only --flags")
 
 
 def guarded(fn: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
@@ -46,10 +62,13 @@ def exit_with(error: BaseException) -> None:
   """Prints `error: <message>` on stderr (for an unexpected kind of error, with a second line
   saying how to see its traceback) and exits with status 1."""
   cause = _described(error)
-  lines = str(cause).strip().splitlines()
-  text = lines[-1] if lines else ""
-  if isinstance(cause, OSError) and cause.errno == errno.ENOSPC or "No space left" in text:
-    text = f"No space left on device ({text})"
+  text = (_lines(cause) or [""])[-1]
+  if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+    text = "No space left on device" + (f" (writing {cause.filename})" if cause.filename else "")
+  elif _disk_full(cause):  # A library's error that wraps the OS's message.
+    text = f"No space left on device: {text[:200]}"
+  elif isinstance(cause, SyntaxError):
+    text = f"{cause.filename}, line {cause.lineno}: {cause.msg} (a Python syntax error)"
   elif not isinstance(cause, EXPECTED):
     text = f"{type(cause).__name__}: {text}\n({TRACEBACK_ENV}=1 prints the traceback)"
   sys.exit(f"error: {text}")
@@ -61,9 +80,14 @@ def _described(error: BaseException) -> BaseException:
   named wherever it is in the chain; otherwise the first error with a one-line message, or the
   innermost one."""
   chain = _chain(error)
-  full = [e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC]
-  one_line = [e for e in chain if "\n" not in str(e).strip()]
+  full = [e for e in chain if _disk_full(e)]
+  one_line = [e for e in chain if len(_lines(e)) == 1]
   return (full or one_line or chain[-1:])[0]
+
+
+def _disk_full(error: BaseException) -> bool:
+  return (isinstance(error, OSError) and error.errno == errno.ENOSPC
+          or any("No space left" in line for line in _lines(error)))
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -78,7 +102,11 @@ def _chain(error: BaseException) -> list[BaseException]:
     chain.append(inner)
 
 
-def no_arguments(argv: list[str]) -> None:
-  """Raises ConfigError for positional arguments (every entry takes only --flags)."""
-  if len(argv) > 1:
-    raise config_lib.ConfigError(f"unexpected arguments {argv[1:]}; expected only --flags")
+def _lines(error: BaseException) -> list[str]:
+  """The non-empty lines of error's message (a KeyError's unquoted; an error whose argument is
+  another error, that error's)."""
+  arg = error.args[0] if len(error.args) == 1 else None
+  if isinstance(arg, BaseException):
+    return _lines(arg)
+  text = arg if isinstance(arg, str) else str(error)
+  return [line.strip() for line in text.splitlines() if line.strip()]

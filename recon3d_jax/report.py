@@ -741,10 +741,10 @@ def write_report(sweep_dir: str, out: str | None = None, seed: int = 0,
   (a secondary analysis; the report says so). power_effect: the |Δ| whose required seeds the
   power table gives.
   """
-  out = out or os.path.join(sweep_dir, "report")
-  os.makedirs(out, exist_ok=True)
   manifest, runs = collect(sweep_dir)
   builder = Builder(manifest, runs, seed, n_resamples, metric, power_effect)
+  out = out or os.path.join(sweep_dir, "report")
+  os.makedirs(out, exist_ok=True)
   tables = builder.tables(sweep_dir)
   for t in tables:
     with open(os.path.join(out, f"{t.name}.tex"), "w") as f:

@@ -47,8 +47,11 @@ def atomic_write(path: str, text: str) -> None:
   """Writes text to path through a temporary file: a reader never sees half a file, and
   concurrent writers (processes) never share a temporary file."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+  except OSError as e:  # A failed write (a full disk) does not name the file; this does.
+    raise OSError(e.errno, e.strerror, path) from None
   os.replace(tmp, path)
 
 
