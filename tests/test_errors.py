@@ -189,7 +189,8 @@ CASES = [
     (BUILD, ["--benchmark=primitives", "--image_sizes=sixty"],
      ["--image_sizes='sixty'", "expected comma-separated integers"]),
     (BUILD, ["--benchmark=primitives", "--workers=0"], ["--workers=0", "not a positive integer"]),
-    (BUILD, ["--benchmark=primitives", "--num_train=-5"], ["--num_train=-5", "not a positive integer"]),
+    (BUILD, ["--benchmark=primitives", "--num_train=-5"],
+     ["--num_train=-5", "not a positive integer"]),
     (BUILD, ["--benchmark=primitives", "--data_dir="], ["--data_dir=''", "expected the folder"]),
     (BUILD, ["--benchmark=primitives", "--on_bad_mesh=maybe"], ["--on_bad_mesh=maybe", "fail"]),
     # python -m recon3d_jax.data.show
@@ -305,7 +306,8 @@ def _wrapped(outer, inner):
 
 
 def test_the_message_is_the_error_that_says_what_went_wrong():
-  assert _message(config_lib.ConfigError("config.x=1: expected 2")) == "error: config.x=1: expected 2"
+  assert _message(config_lib.ConfigError("config.x=1: expected 2")) == (
+      "error: config.x=1: expected 2")
   # A full disk is named however deep a storage library wraps it.
   full = OSError(errno.ENOSPC, "No space left on device", "/d/ckpt")
   assert _message(_wrapped(ValueError("write failed:\nsee below"), full)) == (

@@ -167,6 +167,36 @@ def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_con
   _assert_train_seconds_monotone(writers.read_metrics(workdir))
 
 
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tiny_config,
+                                                                  tmp_path, caplog):
+  """A half-copied run: its newest checkpoint (step 8) lacks a file and metrics.jsonl ends in a
+  torn line. Loading it for evaluation and resuming it both fall back to step 4 with a warning
+  naming step 8; the resumed run reaches the uninterrupted run's parameters."""
+  workdir_a, state_a = uninterrupted
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(workdir_a, workdir)
+  os.remove(os.path.join(workdir, "checkpoints", "8", "state", "manifest.ocdbt"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 8, "train/lo')
+
+  params = lambda **kw: jax.device_get(experiment.load(workdir, **kw)[1])
+  jax.tree.map(np.testing.assert_array_equal, params(), params(step=4))
+  assert "Checkpoint step 8 " in caplog.text and "damaged" in caplog.text
+
+  caplog.clear()
+  state = train.train_and_evaluate(tiny_config, workdir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a["params"]),
+               jax.device_get(state["params"]))
+  assert "Checkpoint step 8 " in caplog.text
+  assert "Moved the damaged checkpoint of step 8" in caplog.text
+  assert [d.split("-")[0] for d in os.listdir(os.path.join(workdir, "damaged_checkpoints"))] == [
+      "8"]
+  loss = lambda w: [(r["step"], r["train/loss/total"]) for r in writers.read_metrics(w)
+                    if "train/loss/total" in r]
+  assert loss(workdir) == loss(workdir_a)
+
+
 def test_one_and_eight_devices_give_the_same_step(tiny_config):
   assert jax.device_count() == 8
   config = tiny_config

@@ -89,6 +89,7 @@ def load_sources(data_config) -> dict:
 
 
 def damaged_dataset(folder: str, error: Exception) -> ConfigError:
+  """The error for a dataset that cannot be read: its folder, the reason, and the remedy."""
   reason = (str(error).strip().splitlines() or [""])[0][:200]
   return ConfigError(f"the dataset in {folder} is damaged ({type(error).__name__}: {reason}); "
                      "expected a complete dataset: delete that folder to rebuild it")
@@ -103,6 +104,11 @@ class CheckedSource(grain.RandomAccessDataSource):
 
   def __len__(self) -> int:
     return len(self.source)
+
+  def __repr__(self) -> str:
+    # Grain's checkpointed iterator state records the source's repr and refuses to restore into
+    # another: this wrapper must not change it.
+    return repr(self.source)
 
   def __getitem__(self, i: int):
     try:
