@@ -5,10 +5,12 @@ from one forkserver that has imported the heavy libraries once: a case costs a f
 package's own imports (under a second), not a fresh interpreter importing JAX (3-5 s here).
 """
 import errno
+import glob
 import json
 import multiprocessing
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import warnings
@@ -16,6 +18,7 @@ import warnings
 import pytest
 
 from recon3d_jax import cli, config_lib, sweeps, writers
+from recon3d_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN, EVALUATE, REPORT = "recon3d_jax.main", "recon3d_jax.evaluate", "recon3d_jax.report"
@@ -323,6 +326,23 @@ def test_the_message_is_the_error_that_says_what_went_wrong():
 # ---------------------------------------------------------------------------------------------
 # Damaged files that a run reads.
 # ---------------------------------------------------------------------------------------------
+def test_a_damaged_dataset_is_named_with_how_to_rebuild_it(tiny_config, tmp_path):
+  pipeline.load_sources(tiny_config.data)  # The shared dataset, built once per session.
+  shutil.copytree(tiny_config.data.data_dir, tmp_path / "data")
+  data = config_lib.apply_overrides(tiny_config, {"data.data_dir": str(tmp_path / "data")}).data
+  folder = pipeline.get_builder(data).data_dir
+  damaged = f"the dataset in {folder} is damaged .*delete that folder to rebuild it"
+  with open(glob.glob(os.path.join(folder, "*-train.array_record*"))[0], "r+b") as f:
+    f.seek(100)
+    f.write(b"garbage!" * 100)
+  with pytest.raises(config_lib.ConfigError, match=damaged + "$"):
+    pipeline.load_sources(data)
+  os.remove(os.path.join(folder, "dataset_info.json"))
+  with pytest.raises(config_lib.ConfigError, match=damaged) as error:
+    pipeline.load_sources(data)
+  assert "dataset_info.json missing" in str(error.value)
+
+
 def test_a_torn_last_metrics_line_is_dropped_and_a_garbled_one_named(tmp_path):
   rows = [{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5}]
   text = "".join(json.dumps(r) + "\n" for r in rows)

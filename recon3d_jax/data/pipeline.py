@@ -81,6 +81,8 @@ def load_sources(data_config) -> dict:
   builder.download_and_prepare()
   try:
     sources = builder.as_data_source()
+    if missing := [split for split in SPLITS if split not in sources]:
+      raise FileNotFoundError(f"no {missing} split: is its dataset_info.json missing?")
     for source in sources.values():
       source[0], source[len(source) - 1]  # pylint: disable=pointless-statement
   except Exception as e:  # pylint: disable=broad-except  (TFDS, JSON and Riegeli errors alike)
