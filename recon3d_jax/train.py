@@ -80,8 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
                                  f"of the device count {mesh.size}")
   manager = experiment.checkpoint_manager(workdir, config)
-  check_compatible(workdir, config, manager)  # Before config.json is (re)written.
-  writers.atomic_write(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+  check_compatible(workdir, config, manager)
 
   # ----------------------------------------------------------------------------- data + state
   sources = pipeline.load_sources(config.data)
@@ -151,6 +150,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           manager.save(step, args=ocp.args.Composite(
               state=ocp.args.StandardSave(state), data=grain.PyGrainCheckpointSave(data_iter),
               config=ocp.args.JsonSave(json.loads(config.to_json()))))
+          # Written with each checkpoint, never before the first: a run that fails earlier
+          # leaves no config.json that would refuse its corrected config.
+          writers.atomic_write(os.path.join(workdir, "config.json"), config.to_json(indent=2))
         if _is_time(step, config.eval_every_steps, config.total_steps):
           val = evaluate.validation_losses(model, state["params"], config,
                                            sources["validation"], mesh)

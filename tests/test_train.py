@@ -242,6 +242,18 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_con
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
 
 
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_config(tiny_config, tmp_path,
+                                                                    monkeypatch):
+  """Its config.json would disagree with the corrected config, with no checkpoint to protect."""
+  monkeypatch.setattr(pipeline, "load_sources", lambda data: {}["train"])
+  with pytest.raises(KeyError):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")
+  corrected = _copy(tiny_config, **{"optimizer.learning_rate": 1e-3})
+  train.check_compatible(str(tmp_path), corrected,
+                         experiment.checkpoint_manager(str(tmp_path), corrected))
+
+
 @pytest.mark.slow
 def test_exploding_update_stops_before_it_reaches_a_checkpoint(tiny_config, tmp_path):
   """At learning rate 1e2 the gradient norm turns non-finite a step before the loss would: the
