@@ -166,6 +166,13 @@ CASES = [
     (MAIN, [CONFIG, "--workdir={d}/garbage"],
      ["{d}/garbage/config.json is not valid JSON", "expected the config"]),
     (MAIN, [CONFIG, "--workdir={d}/w", "extra"], ["unexpected arguments ['extra']"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.supervision=medium-rare"],
+     ["config.data.supervision='medium-rare'"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--config.model.decoder=voxels"],
+     ["config.model.decoder='voxels'", "expected one of"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.benchmark=meshes",
+            "--config.data.mesh_dir={d}/meshes", "--config.data.data_dir={d}/data"],
+     ["{d}/meshes"]),
     # python -m recon3d_jax.evaluate
     (EVALUATE, [], ["expected --workdir=DIR"]),
     (EVALUATE, ["--workdir={d}/w2"], ["'{d}/w2' has no config.json"]),
@@ -176,6 +183,8 @@ CASES = [
     (EVALUATE, ["--workdir={d}/w", CONFIG], ["--config and --out go with --baselines_only"]),
     (EVALUATE, ["--baselines_only", "--untrained", "--workdir={d}/w"],
      ["expected exactly one of"]),
+    (EVALUATE, ["--baselines_only", "--config={d}/missing.py", "--out={d}/o"],
+     ["{d}/missing.py", "No such file"]),
     # python -m recon3d_jax.report
     (REPORT, [], ["--sweep_dir", "must have a value"]),
     (REPORT, ["--sweep_dir={d}/nowhere"], ["'{d}/nowhere' has no manifest.json"]),
@@ -196,6 +205,8 @@ CASES = [
      ["--num_train=-5", "not a positive integer"]),
     (BUILD, ["--benchmark=primitives", "--data_dir="], ["--data_dir=''", "expected the folder"]),
     (BUILD, ["--benchmark=primitives", "--on_bad_mesh=maybe"], ["--on_bad_mesh=maybe", "fail"]),
+    (BUILD, ["--benchmark=meshes", "--mesh_dir={d}/meshes", "--data_dir={d}/data"],
+     ["{d}/meshes"]),
     # python -m recon3d_jax.data.show
     (SHOW, [], ["--benchmark=None", "expected one of"]),
     (SHOW, ["--benchmark=primitives", "--num=0"], ["--num=0", "expected 1..32"]),
@@ -222,7 +233,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("entry, argv, named", CASES,
-                         ids=[f"{i}-{e.split('.')[-1]}" for i, (e, _, _) in enumerate(CASES)])
+                         ids=[f"{i}-{e.split('.')[-1] if e != SWEEP else 'sweep'}"
+                              for i, (e, _, _) in enumerate(CASES)])
 def test_bad_input_ends_in_one_clear_line(forkserver, files, tmp_path, entry, argv, named):
   fill = lambda s: s.replace("{d}", str(files))
   code, output = run(forkserver, tmp_path, entry, *map(fill, argv))
