@@ -126,7 +126,12 @@ def _finished_sweep(sweep_dir):
       config="study.py", base={"arm": "normal", "seed": 0, "data": {"benchmark": "primitives"}},
       study=dict(primary_metric="fscore@0.02", baseline_arm="vanilla", ours_arm="normal"),
       runs={rid: dict(overrides=overrides, depends_on=[])})))
-  (run / "eval" / "test.jsonl").write_text(json.dumps({"index": 0, "fscore@0.02": 0.5}) + "\n")
+  metrics = ["iou", "accuracy", "ece", "chamfer_l1", "chamfer_l2", "normal_consistency",
+             "depth_abs_rel", "depth_rmse", "depth_delta1", "normal_mean_deg"] + [
+                 f"{m}@{tau}" for m in ("precision", "recall", "fscore")
+                 for tau in (0.01, 0.02, 0.05)]
+  row = dict({m: 0.5 for m in metrics}, index=0, kind=0)
+  (run / "eval" / "test.jsonl").write_text(json.dumps(row) + "\n")
   (run / "eval" / "summary.json").write_text("{}")
   (run / sweeps.DONE).write_text("{}")
 
@@ -191,7 +196,7 @@ CASES = [
     (REPORT, ["--sweep_dir={d}/garbage"],
      ["{d}/garbage/manifest.json is not valid JSON", "expected the manifest"]),
     (REPORT, ["--sweep_dir={d}/sweep", "--metric=iuo"],
-     ["metric 'iuo'", "expected one of", "fscore@0.02"]),
+     ["metric 'iuo'", "expected one of", "'fscore@0.02'"]),
     (REPORT, ["--sweep_dir={d}/sweep", "--n_resamples=many"], ["--n_resamples=many"]),
     # python -m recon3d_jax.data.build
     (BUILD, [], ["--benchmark is required"]),
@@ -284,19 +289,20 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_a_full_disk_says_so(forkserver, small_disk, tmp_path):
-  (small_disk / "run").mkdir()
+def test_a_full_disk_says_so(forkserver, files, small_disk, tmp_path):
   with open(small_disk / "filler", "wb", buffering=0) as f:
     with pytest.raises(OSError, match="No space left"):
       while True:
         f.write(b"\0" * 4096)
-  code, output = run(forkserver, tmp_path, MAIN, CONFIG, f"--workdir={small_disk}/run")
-  assert_one_clear_error(code, output, "No space left on device", f"{small_disk}/run")
+  code, output = run(forkserver, tmp_path, REPORT, f"--sweep_dir={files}/sweep",
+                     f"--out={small_disk}/report")
+  assert_one_clear_error(code, output, "No space left on device")
 
 
 def test_a_read_only_disk_is_named(forkserver, small_disk, tmp_path):
   subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-  code, output = run(forkserver, tmp_path, MAIN, CONFIG, f"--workdir={small_disk}/run")
+  code, output = run(forkserver, tmp_path, MAIN, CONFIG, f"--workdir={small_disk}/run",
+                     f"--config.data.data_dir={tmp_path}/data")
   assert_one_clear_error(code, output, f"'{small_disk}/run' cannot be created",
                          "Read-only file system")
 
