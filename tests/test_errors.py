@@ -22,6 +22,7 @@ from recon3d_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN, EVALUATE, REPORT = "recon3d_jax.main", "recon3d_jax.evaluate", "recon3d_jax.report"
+ENSEMBLE = "recon3d_jax.ensemble"
 BUILD, SHOW, SWEEP = "recon3d_jax.data.build", "recon3d_jax.data.show", "launch/sweep.py"
 CONFIG = "--config=configs/default.py:runlocal"
 
@@ -198,6 +199,10 @@ CASES = [
     (REPORT, ["--sweep_dir={d}/sweep", "--metric=iuo"],
      ["metric 'iuo'", "expected one of", "'fscore@0.02'"]),
     (REPORT, ["--sweep_dir={d}/sweep", "--n_resamples=many"], ["--n_resamples=many"]),
+    # python -m recon3d_jax.ensemble
+    (ENSEMBLE, [], ["--sweep_dir", "must have a value"]),
+    (ENSEMBLE, ["--sweep_dir={d}/sweep", "--members=1"], ["--members=1", "expected at least 2"]),
+    (ENSEMBLE, ["--sweep_dir={d}/garbage"], ["{d}/garbage/manifest.json is not valid JSON"]),
     # python -m recon3d_jax.data.build
     (BUILD, [], ["--benchmark is required"]),
     (BUILD, ["--benchmark=primitivs"], ["--benchmark='primitivs'", "expected 'all' or names"]),
@@ -248,7 +253,7 @@ def test_bad_input_ends_in_one_clear_line(forkserver, files, tmp_path, entry, ar
 
 def test_there_are_at_least_40_cases():
   assert len(CASES) >= 40 and {entry for entry, _, _ in CASES} == {
-      MAIN, EVALUATE, REPORT, BUILD, SHOW, SWEEP}
+      MAIN, EVALUATE, REPORT, ENSEMBLE, BUILD, SHOW, SWEEP}
 
 
 def test_the_traceback_is_behind_an_environment_variable(forkserver, files, tmp_path,
