@@ -7,7 +7,8 @@
     python launch/sweep.py --config=configs/study/main.py:runlocal --sweep_dir=/tmp/study --status
     python -m recon3d_jax.report --sweep_dir=/tmp/study
 
-Every override key is checked against the base config before anything runs. Relaunching the same
+Every override (its key, and its value as part of the run's config) is checked before anything
+runs; the launcher exits non-zero if a run failed (local backend). Relaunching the same
 command skips finished runs, resumes interrupted ones from their checkpoints and retries failed
 ones. See recon3d_jax/sweeps.py for the layout of SWEEP_DIR. This process never imports JAX: the
 datasets are built and the runs executed in spawned processes (or Slurm jobs).
@@ -17,19 +18,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from recon3d_jax import config_lib, sweeps  # noqa: E402
+from recon3d_jax import cli, config_lib, sweeps  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", None, "Study config file[:arg].")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Directory of the sweep's runs.")
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm"], "Where runs execute.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Local backend: runs at a time (CPU threads are "
-                                "split evenly between them).")
+                                "split evenly between them).", lower_bound=1)
 _PACK_SIZE = flags.DEFINE_integer(
     "pack_size", 1, "Most runs trained as one program (recon3d_jax/packing.py): runs that differ "
     "only in seed and core arm share a process, compilation and data loading. 1: one run per "
-    "process.")
+    "process.", lower_bound=1)
 _STATUS = flags.DEFINE_bool("status", False, "Print done/running/failed/pending counts and exit.")
 _BUILD_DATA = flags.DEFINE_bool("build_data", True, "Build the sweep's datasets once before the "
                                 "runs start.")
@@ -47,22 +48,22 @@ flags.mark_flags_as_required(["config", "sweep_dir"])
 def main(argv) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
-  if _PACK_SIZE.value < 1:
-    sys.exit(f"error: --pack_size={_PACK_SIZE.value}: expected a positive integer")
   sweep_dir = os.path.abspath(_SWEEP_DIR.value)
   try:
     if _STATUS.value:
       print(sweeps.format_status(sweep_dir))
       return
     study = sweeps.load_study(_CONFIG.value)
+    sweeps.check_values(study, sweep_dir)
     manifest = sweeps.write_manifest(sweep_dir, study)
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   logging.info("Sweep %s: %d runs in %s.", _CONFIG.value, len(study.runs), sweep_dir)
   if _BUILD_DATA.value:
     sweeps.prepare_data(manifest, sweep_dir)
+  failed = []  # Runs that failed in this launch (the local backend waits for them).
   if _BACKEND.value == "local":
-    sweeps.run_local(sweep_dir, _WORKERS.value, _PACK_SIZE.value)
+    failed = sweeps.run_local(sweep_dir, _WORKERS.value, _PACK_SIZE.value)["failed"]
   else:
     executor = sweeps.slurm_executor(
         sweep_dir, partition=_SLURM_PARTITION.value, time_min=_SLURM_TIME.value,
@@ -73,7 +74,9 @@ def main(argv) -> None:
     except sweeps.SubmissionError as e:
       sys.exit(f"error: {e}")
   print(sweeps.format_status(sweep_dir))
+  if failed:
+    sys.exit(f"error: {len(failed)} of {len(study.runs)} runs failed (listed above)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

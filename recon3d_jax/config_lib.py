@@ -147,6 +147,14 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
   require(_integer_at_least(e.mise_upsampling_steps, 0),
           f"config.eval.mise_upsampling_steps={e.mise_upsampling_steps!r}: expected an integer "
           ">= 0 (0: the dense grid)")
+  require(_integer_at_least(e.num_picture_instances, 0),
+          f"config.eval.num_picture_instances={e.num_picture_instances!r}: expected an integer "
+          ">= 0")
+  candidates = e.threshold_candidates
+  require(isinstance(candidates, (list, tuple)) and len(candidates) > 0
+          and all(isinstance(t, (int, float)) and 0 < t < 1 for t in candidates),
+          f"config.eval.threshold_candidates={candidates!r}: expected a non-empty list of "
+          "occupancy thresholds in (0, 1)")
 
 
 def check_workdir(workdir: str) -> None:

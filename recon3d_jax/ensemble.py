@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from recon3d_jax import config_lib, sweeps, writers
+from recon3d_jax import cli, config_lib, sweeps, writers
 
 IGNORED = ("seed", "init_from")  # Keys in which the members of an ensemble may differ.
 
@@ -126,13 +125,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
+  cli.no_arguments(argv)
   writers.setup_logging()
-  try:
-    names = run(FLAGS.sweep_dir, FLAGS.members)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
+  names = run(FLAGS.sweep_dir, FLAGS.members)
   print(f"{len(names)} ensembles in {os.path.join(FLAGS.sweep_dir, 'ensembles')}")
 
 
@@ -140,4 +135,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("sweep_dir", None, "Sweep directory (launch/sweep.py --sweep_dir).")
   flags.DEFINE_integer("members", 3, "Runs (seeds) per ensemble.")
   flags.mark_flag_as_required("sweep_dir")
-  app.run(main)
+  cli.run(main)

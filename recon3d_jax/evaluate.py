@@ -32,17 +32,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from recon3d_jax import (baselines, config_lib, cost, experiment, losses, metrics, mise, models,
-                         sharding, visualize, writers)
+from recon3d_jax import (baselines, cli, config_lib, cost, experiment, losses, metrics, mise,
+                         models, sharding, visualize, writers)
 from recon3d_jax.data import pipeline
 
 GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (voxel centres).
@@ -350,20 +349,16 @@ def check_flags(workdir: str | None, config, out: str | None, baselines_only: bo
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
+  cli.no_arguments(argv)
   writers.setup_logging()
-  try:
-    check_flags(FLAGS.workdir, _CONFIG.value, FLAGS.out, FLAGS.baselines_only, FLAGS.untrained)
-    if FLAGS.baselines_only:
-      config = experiment.load_config(FLAGS.workdir) if _CONFIG.value is None else _CONFIG.value
-      write_baselines_only(config, FLAGS.out or os.path.join(FLAGS.workdir, "eval"))
-      return
-    model, params, config = experiment.load(FLAGS.workdir, untrained=FLAGS.untrained)
-    evaluate_and_write(model, params, config, FLAGS.workdir, pipeline.load_sources(config.data),
-                       sharding.make_mesh(), subdir="eval_untrained" if FLAGS.untrained else "eval")
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
+  check_flags(FLAGS.workdir, _CONFIG.value, FLAGS.out, FLAGS.baselines_only, FLAGS.untrained)
+  if FLAGS.baselines_only:
+    config = experiment.load_config(FLAGS.workdir) if _CONFIG.value is None else _CONFIG.value
+    write_baselines_only(config, FLAGS.out or os.path.join(FLAGS.workdir, "eval"))
+    return
+  model, params, config = experiment.load(FLAGS.workdir, untrained=FLAGS.untrained)
+  evaluate_and_write(model, params, config, FLAGS.workdir, pipeline.load_sources(config.data),
+                     sharding.make_mesh(), subdir="eval_untrained" if FLAGS.untrained else "eval")
 
 
 if __name__ == "__main__":
@@ -375,4 +370,4 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "With --baselines_only: experiment "
                                             "config file[:arg] whose dataset to use.")
   flags.DEFINE_string("out", None, "With --baselines_only --config: output directory.")
-  app.run(main)
+  cli.run(main)

@@ -10,7 +10,6 @@ import training.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -23,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
-from recon3d_jax import arms, config_lib, losses, models, sharding, weighting
+from recon3d_jax import arms, config_lib, losses, models, sharding, weighting, writers
 from recon3d_jax.data import benchmarks, corrupt, pipeline
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
@@ -79,6 +78,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            or not (config.data.max_level or config.data.curriculum),
            "config.data.max_level / config.data.curriculum act on supervision levels: expected "
            "config.data.supervision to be a level or a mixture, not 'clean'")
+  _require(bool(config.data.data_dir),
+           f"config.data.data_dir={config.data.data_dir!r}: expected the folder of the datasets "
+           "(e.g. ./data_dir; built there on first use)")
   _require(config.data.on_bad_mesh in ("fail", "skip"),
            f"config.data.on_bad_mesh={config.data.on_bad_mesh!r}: expected 'fail' or 'skip'")
   _require(not config.data.mesh_dir or os.path.isdir(config.data.mesh_dir),
@@ -298,8 +300,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise config_lib.ConfigError(f"workdir {workdir!r} has no config.json; expected the "
                                  "workdir of a training run")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(writers.read_json(path, "the config of a training run"))
   for note in config_lib.upgrade_eval(config):
     logging.info("%s: %s", path, note)
   return config
@@ -317,16 +318,41 @@ def load(workdir: str, step: int | None = None, mesh=None, untrained: bool = Fal
   if untrained:
     return model, create_train_state(config, model, tx, mesh)["params"], config
   manager = checkpoint_manager(workdir, config)
-  step = step if step is not None else manager.latest_step()
-  if step is None:
-    raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint; expected a trained run")
   abstract = jax.eval_shape(lambda: create_train_state(config, model, tx, mesh))
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
       abstract)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+  if step is None:
+    step, restored = restore_newest(manager, args)
+    if step is None:
+      raise config_lib.ConfigError(f"workdir {workdir!r} has no checkpoint; expected a trained "
+                                   "run")
+  else:
+    restored = manager.restore(step, args=args)
   return model, restored["state"]["params"], config
+
+
+def restore_newest(manager: ocp.CheckpointManager, args: ocp.args.Composite):
+  """(step, restored) of the newest checkpoint that restores, or (None, None) if there is none.
+
+  A newer one that does not (a partial copy, a missing or garbled file) is skipped with a warning
+  naming its step; if none restores, raises ConfigError naming them.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return step, manager.restore(step, args=args)
+    except Exception as e:  # pylint: disable=broad-except  (each damage raises its own kind)
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      logging.warning("Checkpoint step %d in %s is damaged and skipped (%s: %s).", step,
+                      manager.directory, type(e).__name__, reason)
+  if steps:
+    raise config_lib.ConfigError(
+        f"no checkpoint in {manager.directory} can be read (steps {sorted(steps)} are damaged; "
+        "see the warnings above); expected at least one complete checkpoint, or delete the "
+        "folder to start the run again")
+  return None, None
 
 
 def init_encoder_from(state: State, workdir: str, mesh: Mesh) -> State:

@@ -1,14 +1,12 @@
 """Entry point: python -m recon3d_jax.main --config=configs/default.py[:arg] --workdir=DIR.
 
 `--config.key=value` overrides any config field; unknown keys are rejected. Re-running the same
-command resumes from the workdir's latest checkpoint.
+command resumes from the workdir's latest checkpoint. Errors end in one line (recon3d_jax/cli.py).
 """
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from recon3d_jax import config_lib, train, writers
+from recon3d_jax import cli, train, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -17,14 +15,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
+  cli.no_arguments(argv)
   writers.setup_logging()
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

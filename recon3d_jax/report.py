@@ -25,12 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from recon3d_jax import arms, stats, sweeps
+from recon3d_jax import arms, cli, config_lib, stats, sweeps
 from recon3d_jax.data.corrupt import LEVELS
 
 IGNORED = ("seed", "init_from")  # Replicates and links, not factors of a cell.
@@ -86,7 +85,6 @@ def collect(sweep_dir: str) -> tuple[dict, list[RunResult]]:
 
 
 def flat_base(manifest: dict) -> dict:
-  from recon3d_jax import config_lib  # pylint: disable=import-outside-toplevel
   return config_lib.flatten(manifest["base"])
 
 
@@ -315,6 +313,10 @@ class Builder:
     self.n_resamples = n_resamples
     self.power_effect = power_effect  # |Δ| the power table asks the seeds for.
     self.f_name = f"F@{self.tau}" if self.metric == declared and self.tau else self.metric
+    measured = sorted({key for run in runs for row in run.rows.values() for key in row})
+    if measured and self.metric not in measured:
+      raise config_lib.ConfigError(f"metric {self.metric!r}: expected one of the per-instance "
+                                   f"metrics of the finished runs, {measured}")
 
   def _overridden(self, key: str) -> bool:
     return any(key in r.overrides for r in self.runs)
@@ -739,10 +741,10 @@ def write_report(sweep_dir: str, out: str | None = None, seed: int = 0,
   (a secondary analysis; the report says so). power_effect: the |Δ| whose required seeds the
   power table gives.
   """
-  out = out or os.path.join(sweep_dir, "report")
-  os.makedirs(out, exist_ok=True)
   manifest, runs = collect(sweep_dir)
   builder = Builder(manifest, runs, seed, n_resamples, metric, power_effect)
+  out = out or os.path.join(sweep_dir, "report")
+  os.makedirs(out, exist_ok=True)
   tables = builder.tables(sweep_dir)
   for t in tables:
     with open(os.path.join(out, f"{t.name}.tex"), "w") as f:
@@ -781,14 +783,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; expected only --flags")
-  from recon3d_jax import config_lib  # pylint: disable=import-outside-toplevel
-  try:
-    print(os.path.join(write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.seed, FLAGS.n_resamples,
-                                    FLAGS.metric, FLAGS.power_effect), "REPORT.md"))
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
+  cli.no_arguments(argv)
+  print(os.path.join(write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.seed, FLAGS.n_resamples,
+                                  FLAGS.metric, FLAGS.power_effect), "REPORT.md"))
 
 
 if __name__ == "__main__":
@@ -801,4 +798,4 @@ if __name__ == "__main__":
   flags.DEFINE_float("power_effect", 0.01, "The power table gives the seeds needed to detect "
                      "this |Δ| of the metric (80% power, α = 0.05).")
   flags.mark_flag_as_required("sweep_dir")
-  app.run(main)
+  cli.run(main)

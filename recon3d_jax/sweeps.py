@@ -184,15 +184,40 @@ def read_manifest(sweep_dir: str) -> dict:
   if not os.path.exists(path):
     raise config_lib.ConfigError(f"sweep dir {sweep_dir!r} has no {MANIFEST}; expected a "
                                  "directory made by launch/sweep.py")
-  with open(path) as f:
-    return json.load(f)
+  return writers.read_json(path, "the manifest of a sweep (written by launch/sweep.py)")
 
 
 def run_config(manifest: dict, rid: str, sweep_dir: str) -> ml_collections.ConfigDict:
   """The full config of run `rid`: base + overrides, references resolved to workdirs."""
-  overrides = {k: run_dir(sweep_dir, run_id(v)) if isinstance(v, dict) else v
-               for k, v in manifest["runs"][rid]["overrides"].items()}
-  return config_lib.apply_overrides(ml_collections.ConfigDict(manifest["base"]), overrides)
+  return _full_config(ml_collections.ConfigDict(manifest["base"]),
+                      manifest["runs"][rid]["overrides"], sweep_dir)
+
+
+def _full_config(base: ml_collections.ConfigDict, overrides: dict,
+                 sweep_dir: str) -> ml_collections.ConfigDict:
+  return config_lib.apply_overrides(base, {
+      k: run_dir(sweep_dir, run_id(v)) if isinstance(v, dict) else v
+      for k, v in overrides.items()})
+
+
+def check_values(study: Study, sweep_dir: str) -> None:
+  """Raises ConfigError naming the first run whose full config has a bad value (what
+  experiment.validate checks, beyond the keys `expand` checks), before anything is written or
+  launched. Validating imports JAX, so it runs in a spawned process."""
+  configs = {r.id: _full_config(study.base, r.overrides, sweep_dir).to_dict()
+             for r in study.runs}
+  with _spawn().Pool(1) as pool:
+    pool.apply(validate_configs, (configs,))
+
+
+def validate_configs(configs: dict[str, dict]) -> None:
+  """experiment.validate on each run id -> config dict; a ConfigError names the run."""
+  from recon3d_jax import experiment  # Imports JAX: only ever in a spawned process.
+  for rid, config in configs.items():
+    try:
+      experiment.validate(ml_collections.ConfigDict(config))
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"run {rid}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,10 +37,11 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict,
   step = manager.latest_step()
   saved, source = None, "checkpoint"
   if step is not None and "config" in manager.item_metadata(step):
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    _, restored = experiment.restore_newest(
+        manager, ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved = restored["config"]
   elif os.path.exists(path := os.path.join(workdir, "config.json")):
-    with open(path) as f:
-      saved, source = json.load(f), "config.json"
+    saved, source = writers.read_json(path, "the config of the run in this workdir"), "config.json"
   elif step is not None:
     raise config_lib.ConfigError(
         f"workdir {workdir!r} holds checkpoints that carry no config and has no config.json; "
@@ -94,14 +95,7 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
                                  f"of the device count {mesh.size}")
   managers = [experiment.checkpoint_manager(w, c) for w, c in zip(workdirs, configs)]
   for workdir, c, manager in zip(workdirs, configs, managers):
-    check_compatible(workdir, c, manager)  # Before config.json is (re)written.
-  starts = {w: m.latest_step() or 0 for w, m in zip(workdirs, managers)}
-  if len(set(starts.values())) > 1:
-    raise config_lib.ConfigError(f"the packed runs are at different steps {starts}; expected "
-                                 "runs at the same step (launch/sweep.py packs only such runs)")
-  for workdir, c in zip(workdirs, configs):
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json(indent=2))
+    check_compatible(workdir, c, manager)
 
   # ----------------------------------------------------------------------------- data + state
   sources = pipeline.load_sources(config.data)
@@ -120,22 +114,32 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
                          for name, subtree in states[0]["params"].items()),
                f"; {len(configs)} runs packed" if packed else "")
 
-  start = starts[workdirs[0]]
-  seconds_before = [0.0] * len(configs)  # Training seconds of earlier sessions (see below).
-  if not start and experiment.needs_stage1_run(config):  # A 3D-R-DEP arm: never packed.
-    states = [experiment.init_encoder_from(states[0], config.init_from, mesh)]
-  if start:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, states[0])
-    for k, (workdir, manager) in enumerate(zip(workdirs, managers)):
-      items = dict(state=ocp.args.StandardRestore(abstract))
-      if stream_of.index(stream_of[k]) == k:  # The first run of each stream restores it.
-        items["data"] = grain.PyGrainCheckpointRestore(data_iters[stream_of[k]])
-      states[k] = manager.restore(start, args=ocp.args.Composite(**items))["state"]
-      # The clock continues from the restored step's logged time, so time/train_s stays
-      # monotone and measures the time to reach each step; the seconds after that row up to
-      # the crash are not counted, as their work is redone (the rows that logged it are dropped).
-      seconds_before[k] = _train_seconds_at(_truncate_metrics(workdir, start), start)
-    logging.info("Resumed from step %d.", start)
+  starts, seconds_before = [], []
+  for k, (workdir, manager) in enumerate(zip(workdirs, managers)):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, states[k])
+    items = dict(state=ocp.args.StandardRestore(abstract))
+    if stream_of.index(stream_of[k]) == k:  # The first run of each stream restores it.
+      items["data"] = grain.PyGrainCheckpointRestore(data_iters[stream_of[k]])
+    start, restored = experiment.restore_newest(manager, ocp.args.Composite(**items))
+    if start is None:
+      start = 0
+      if experiment.needs_stage1_run(configs[k]):  # A 3D-R-DEP arm: never packed.
+        states[k] = experiment.init_encoder_from(states[k], configs[k].init_from, mesh)
+    else:
+      states[k] = restored["state"]
+      _set_aside_newer(manager, workdir, start)
+      logging.info("%s: Resumed from step %d.", workdir, start)
+    starts.append(start)
+    # Training seconds of earlier sessions of this run: the clock continues from the restored
+    # step's logged time, so time/train_s stays monotone and measures the time to reach each
+    # step; the seconds after that row up to the crash are not counted, as their work is redone
+    # (the rows that logged it are dropped).
+    seconds_before.append(_train_seconds_at(_truncate_metrics(workdir, start), start))
+  if len(set(starts)) > 1:
+    raise config_lib.ConfigError(
+        f"the packed runs resume from different steps {dict(zip(workdirs, starts))}; expected "
+        "runs at the same step (launch/sweep.py packs only such runs)")
+  start = starts[0]
 
   if packed:
     state = jax.tree.map(lambda *x: jnp.stack(x), *states)
@@ -196,6 +200,10 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
                 state=ocp.args.StandardSave(run_state),
                 data=grain.PyGrainCheckpointSave(data_iters[stream_of[k]]),
                 config=ocp.args.JsonSave(json.loads(configs[k].to_json()))))
+            # Written with each checkpoint, never before the first: a run that fails earlier
+            # leaves no config.json that would refuse its corrected config.
+            writers.atomic_write(os.path.join(workdirs[k], "config.json"),
+                                 configs[k].to_json(indent=2))
         if _is_time(step, config.eval_every_steps, config.total_steps):
           for k, run_state in enumerate(unpack(state)):
             val = evaluate.validation_losses(model, run_state["params"], configs[k],
@@ -242,6 +250,21 @@ def _kept_checkpoint(manager: ocp.CheckpointManager) -> str:
 @jax.jit
 def _params_finite(params) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
+
+
+def _set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int) -> None:
+  """Moves the checkpoints newer than the restored `step` (damaged ones, skipped by
+  experiment.restore_newest) to WORKDIR/damaged_checkpoints, so that the resumed run can save
+  those steps again; they are kept for inspection, not deleted."""
+  newer = [s for s in manager.all_steps() if s > step]
+  for s in newer:
+    target = os.path.join(workdir, "damaged_checkpoints",
+                          f"{s}-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(manager.directory, str(s)), target)
+    logging.warning("Moved the damaged checkpoint of step %d to %s.", s, target)
+  if newer:
+    manager.reload()
 
 
 def _truncate_metrics(workdir: str, step: int) -> list[dict]:

@@ -10,6 +10,8 @@ import numpy as np
 import tensorboardX
 from absl import logging
 
+from recon3d_jax import config_lib
+
 # Key of the cumulative seconds of the training loop (evaluation after training excluded) that
 # train.py adds to each metrics row: learning curves against wall time read it.
 TRAIN_SECONDS = "time/train_s"
@@ -45,12 +47,39 @@ def atomic_write(path: str, text: str) -> None:
   """Writes text to path through a temporary file: a reader never sees half a file, and
   concurrent writers (processes) never share a temporary file."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+  except OSError as e:  # A failed write (a full disk) does not name the file; this does.
+    raise OSError(e.errno, e.strerror, path) from None
   os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of WORKDIR/metrics.jsonl, in order. A torn last line (a process killed while
+  writing it) is dropped with a warning, so that the run resumes; a garbled line before it is a
+  ConfigError naming the file and the line."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+  rows = []
+  for number, line in lines:
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if number != lines[-1][0]:
+        raise config_lib.ConfigError(f"{path} line {number} is not JSON ({line[:60]!r}...); "
+                                     "expected one JSON object per line") from None
+      logging.warning("%s: dropping its torn last line %r (an interrupted write).", path,
+                      line[:60])
+  return rows
+
+
+def read_json(path: str, expected: str):
+  """The JSON value in `path`; a file that is not JSON (garbled, half-copied) is a ConfigError
+  naming it and what it should hold (`expected`)."""
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"{path} is not valid JSON ({e}); expected {expected}") from None

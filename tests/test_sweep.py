@@ -126,7 +126,8 @@ def _launch(spec, sweep_dir, *flags, **kwargs):
 @pytest.mark.slow
 def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
   good = [{"arm": arm, "seed": seed} for arm in ("vanilla", "normal") for seed in (0, 1)]
-  bad = {"arm": "normal", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its run.
+  # Valid values (the launcher checks them), but no stage-1 run there: fails inside its run.
+  bad = {"arm": "full", "seed": 0, "init_from": "/nonexistent/stage1"}
   spec = _study(tmp_path / "study.py", good + [bad], tiny_config.data.data_dir)
   sweep_dir = tmp_path / "sweep"
   ids = [sweeps.run_id(r) for r in good]
@@ -151,17 +152,19 @@ def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
   # 2. Relaunch: the killed run resumes, the bad one fails, the others finish.
   second = _launch(spec, sweep_dir, "--workers=2")
   output = second.communicate(timeout=600)[0]
-  assert second.returncode == 0, output
+  assert second.returncode != 0 and "error: 1 of 5 runs failed" in output, output
   print(f"relaunch finished after {time.time() - start:.1f} s")
   assert "Resumed from step" in (sweep_dir / "runs" / ids[0] / "log.txt").read_text()
   states = sweeps.status(str(sweep_dir))
   assert sorted(states["done"]) == sorted(ids) and states["failed"] == [sweeps.run_id(bad)]
-  assert "resnet11" in (sweep_dir / "runs" / sweeps.run_id(bad) / sweeps.ERROR).read_text()
+  error = (sweep_dir / "runs" / sweeps.run_id(bad) / sweeps.ERROR).read_text()
+  assert "/nonexistent/stage1" in error
   status = subprocess.run([sys.executable, "launch/sweep.py", f"--config={spec}",
                            f"--sweep_dir={sweep_dir}", "--status"], cwd=REPO,
                           capture_output=True, text=True, timeout=60).stdout
   assert "done: 4, running: 0, failed: 1, pending: 0" in status
-  assert f"failed {sweeps.run_id(bad)}: ConfigError: config.model.encoder='resnet11'" in status
+  assert (f"failed {sweeps.run_id(bad)}: ConfigError: config.init_from='/nonexistent/stage1'"
+          in status)
 
   # 3. Relaunch again: finished runs are skipped (their DONE markers are untouched).
   done_times = [os.path.getmtime(sweep_dir / "runs" / i / sweeps.DONE) for i in ids]

@@ -167,6 +167,36 @@ def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_con
   _assert_train_seconds_monotone(writers.read_metrics(workdir))
 
 
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tiny_config,
+                                                                  tmp_path, caplog):
+  """A half-copied run: its newest checkpoint (step 8) lacks a file and metrics.jsonl ends in a
+  torn line. Loading it for evaluation and resuming it both fall back to step 4 with a warning
+  naming step 8; the resumed run reaches the uninterrupted run's parameters."""
+  workdir_a, state_a = uninterrupted
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(workdir_a, workdir)
+  os.remove(os.path.join(workdir, "checkpoints", "8", "state", "manifest.ocdbt"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 8, "train/lo')
+
+  params = lambda **kw: jax.device_get(experiment.load(workdir, **kw)[1])
+  jax.tree.map(np.testing.assert_array_equal, params(), params(step=4))
+  assert "Checkpoint step 8 " in caplog.text and "damaged" in caplog.text
+
+  caplog.clear()
+  state = train.train_and_evaluate(tiny_config, workdir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a["params"]),
+               jax.device_get(state["params"]))
+  assert "Checkpoint step 8 " in caplog.text
+  assert "Moved the damaged checkpoint of step 8" in caplog.text
+  assert [d.split("-")[0] for d in os.listdir(os.path.join(workdir, "damaged_checkpoints"))] == [
+      "8"]
+  loss = lambda w: [(r["step"], r["train/loss/total"]) for r in writers.read_metrics(w)
+                    if "train/loss/total" in r]
+  assert loss(workdir) == loss(workdir_a)
+
+
 def test_one_and_eight_devices_give_the_same_step(tiny_config):
   assert jax.device_count() == 8
   config = tiny_config
@@ -210,6 +240,18 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_con
   assert experiment.checkpoint_manager(workdir, tiny_config).latest_step() == 4
   _, params, _ = experiment.load(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(params)))
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_config(tiny_config, tmp_path,
+                                                                    monkeypatch):
+  """Its config.json would disagree with the corrected config, with no checkpoint to protect."""
+  monkeypatch.setattr(pipeline, "load_sources", lambda data: {}["train"])
+  with pytest.raises(KeyError):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")
+  corrected = _copy(tiny_config, **{"optimizer.learning_rate": 1e-3})
+  train.check_compatible(str(tmp_path), corrected,
+                         experiment.checkpoint_manager(str(tmp_path), corrected))
 
 
 @pytest.mark.slow

@@ -14,25 +14,31 @@ import multiprocessing
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from recon3d_jax import cli
+from recon3d_jax.config_lib import ConfigError
+from recon3d_jax.data import benchmarks
 
 FLAGS = flags.FLAGS
-
-from recon3d_jax.data import benchmarks
 
 
 
 def dataset_specs(names: str, image_sizes: str, data_dir: str, **overrides) -> list[dict]:
   """Expands the flags into one `config.data`-like dict per dataset to build."""
   chosen = list(benchmarks.BENCHMARKS) if names == "all" else names.split(",")
-  for name in chosen:
-    benchmarks.get(name)  # Fails on an unknown name, listing the valid ones.
+  unknown = [name for name in chosen if name not in benchmarks.BENCHMARKS]
+  if unknown:
+    raise ConfigError(f"--benchmark={names!r}: unknown {unknown}; expected 'all' or names among "
+                      f"{sorted(benchmarks.BENCHMARKS)}")
   try:
     sizes = [int(s) for s in image_sizes.split(",")]
   except ValueError:
-    raise ValueError(f"--image_sizes={image_sizes!r}: expected comma-separated integers") from None
+    raise ConfigError(f"--image_sizes={image_sizes!r}: expected comma-separated integers") from None
   if any(s <= 0 or s % 16 for s in sizes):
-    raise ValueError(f"--image_sizes={image_sizes!r}: expected positive multiples of 16")
+    raise ConfigError(f"--image_sizes={image_sizes!r}: expected positive multiples of 16")
+  if not data_dir:
+    raise ConfigError("--data_dir='': expected the folder to build the datasets in")
   base = dict(benchmarks.DEFAULT_SIZES, build_seed=0, mesh_dir="", on_bad_mesh="fail",
               data_dir=data_dir)
   base.update(overrides)
@@ -65,9 +71,9 @@ def _define_flags() -> None:
                       "Benchmark name, comma-separated names, or 'all' (data/benchmarks.py).")
   flags.DEFINE_string("image_sizes", "64", "Comma-separated image sizes.")
   flags.DEFINE_string("data_dir", "./data_dir", "TFDS data dir.")
-  flags.DEFINE_integer("workers", 1, "Datasets built in parallel processes.")
+  flags.DEFINE_integer("workers", 1, "Datasets built in parallel processes.", lower_bound=1)
   flags.DEFINE_integer("num_train", benchmarks.DEFAULT_SIZES["num_train"],
-                       "Training-set size (the registered default unless set).")
+                       "Training-set size (the registered default unless set).", lower_bound=1)
   flags.DEFINE_enum("on_bad_mesh", "fail", ["fail", "skip"],
                     "What to do with a mesh that cannot be used.")
   flags.DEFINE_string("mesh_dir", "",
@@ -75,16 +81,13 @@ def _define_flags() -> None:
 
 
 def main(argv) -> None:
-  del argv
+  cli.no_arguments(argv)
   if FLAGS.benchmark is None:
-    raise app.UsageError(f"--benchmark is required: a name, names, or 'all'; valid names: "
-                         f"{sorted(benchmarks.BENCHMARKS)}")
-  try:
-    specs = dataset_specs(FLAGS.benchmark, FLAGS.image_sizes, FLAGS.data_dir,
-                          num_train=FLAGS.num_train, on_bad_mesh=FLAGS.on_bad_mesh,
-                          mesh_dir=FLAGS.mesh_dir)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise ConfigError(f"--benchmark is required: a name, names, or 'all'; valid names: "
+                      f"{sorted(benchmarks.BENCHMARKS)}")
+  specs = dataset_specs(FLAGS.benchmark, FLAGS.image_sizes, FLAGS.data_dir,
+                        num_train=FLAGS.num_train, on_bad_mesh=FLAGS.on_bad_mesh,
+                        mesh_dir=FLAGS.mesh_dir)
   logging.info("Building %d dataset(s) into %s with %d worker(s)", len(specs), FLAGS.data_dir,
                FLAGS.workers)
   start = time.perf_counter()
@@ -103,4 +106,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -26,6 +26,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from recon3d_jax.config_lib import ConfigError
 from recon3d_jax.data import builder as builder_lib
 from recon3d_jax.data import corrupt, synth
 
@@ -70,10 +71,52 @@ def get_builder(data_config) -> builder_lib.Recon3dSynth:
 
 
 def load_sources(data_config) -> dict:
-  """Builds the dataset on first use (with TFDS progress bars), then returns split -> source."""
+  """Builds the dataset on first use (with TFDS progress bars), then returns split -> source.
+
+  A damaged dataset (a missing dataset_info.json, a missing, truncated or garbled record file)
+  is a ConfigError naming its folder and suggesting a rebuild: here for what opening it and
+  reading each split's first and last record finds, later for a garbled record read in training.
+  """
   builder = get_builder(data_config)
   builder.download_and_prepare()
-  return builder.as_data_source()
+  try:
+    sources = builder.as_data_source()
+    if missing := [split for split in SPLITS if split not in sources]:
+      raise FileNotFoundError(f"no {missing} split: is its dataset_info.json missing?")
+    for source in sources.values():
+      source[0], source[len(source) - 1]  # pylint: disable=pointless-statement
+  except Exception as e:  # pylint: disable=broad-except  (TFDS, JSON and Riegeli errors alike)
+    raise damaged_dataset(builder.data_dir, e) from e
+  return {split: CheckedSource(source, builder.data_dir) for split, source in sources.items()}
+
+
+def damaged_dataset(folder: str, error: Exception) -> ConfigError:
+  """The error for a dataset that cannot be read: its folder, the reason, and the remedy."""
+  reason = (str(error).strip().splitlines() or [""])[0][:200]
+  return ConfigError(f"the dataset in {folder} is damaged ({type(error).__name__}: {reason}); "
+                     "expected a complete dataset: delete that folder to rebuild it")
+
+
+class CheckedSource(grain.RandomAccessDataSource):
+  """`source`, whose unreadable records raise ConfigError naming the dataset's folder."""
+
+  def __init__(self, source, folder: str):
+    self.source = source
+    self.folder = folder
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __repr__(self) -> str:
+    # Grain's checkpointed iterator state records the source's repr and refuses to restore into
+    # another: this wrapper must not change it.
+    return repr(self.source)
+
+  def __getitem__(self, i: int):
+    try:
+      return self.source[i]
+    except Exception as e:  # pylint: disable=broad-except
+      raise damaged_dataset(self.folder, e) from e
 
 
 def to_model_inputs(example: dict) -> dict:

@@ -9,13 +9,16 @@ each of the five supervision levels (corrupt.py; holes drawn white).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+from recon3d_jax import cli, visualize
+from recon3d_jax.config_lib import ConfigError
+from recon3d_jax.data import benchmarks, builder, corrupt, pipeline
 
 FLAGS = flags.FLAGS
-
-from recon3d_jax import visualize
-from recon3d_jax.data import benchmarks, builder, corrupt, pipeline
 
 
 
@@ -54,12 +57,17 @@ def _define_flags() -> None:
 
 
 def main(argv) -> None:
-  del argv
+  cli.no_arguments(argv)
   if FLAGS.benchmark is None or FLAGS.benchmark not in benchmarks.BENCHMARKS:
-    raise app.UsageError(f"--benchmark={FLAGS.benchmark!r}: expected one of "
-                         f"{sorted(benchmarks.BENCHMARKS)}")
+    raise ConfigError(f"--benchmark={FLAGS.benchmark!r}: expected one of "
+                      f"{sorted(benchmarks.BENCHMARKS)}")
   if FLAGS.num < 1 or FLAGS.num > builder.GENERATION_CHUNK:
-    raise app.UsageError(f"--num={FLAGS.num}: expected 1..{builder.GENERATION_CHUNK}")
+    raise ConfigError(f"--num={FLAGS.num}: expected 1..{builder.GENERATION_CHUNK}")
+  if FLAGS.image_size <= 0 or FLAGS.image_size % 16:
+    raise ConfigError(f"--image_size={FLAGS.image_size}: expected a positive multiple of 16")
+  if FLAGS.mesh_dir and not os.path.isdir(FLAGS.mesh_dir):
+    raise ConfigError(f"--mesh_dir={FLAGS.mesh_dir!r}: expected an existing folder of "
+                      ".off/.obj/.ply meshes (or '' for the bundled ones)")
   records = render_samples(FLAGS.benchmark, FLAGS.image_size, FLAGS.split, FLAGS.num,
                            FLAGS.mesh_dir)
   title = f"{FLAGS.benchmark}-{FLAGS.image_size}, {FLAGS.split} split"
@@ -74,4 +82,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)
