@@ -125,6 +125,7 @@ def _launch(spec, sweep_dir, *flags, **kwargs):
 
 @pytest.mark.slow
 def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
+  """Packed (--pack_size=4): the four good runs train as one program, the bad one alone."""
   good = [{"arm": arm, "seed": seed} for arm in ("vanilla", "normal") for seed in (0, 1)]
   # Valid values (the launcher checks them), but no stage-1 run there: fails inside its run.
   bad = {"arm": "full", "seed": 0, "init_from": "/nonexistent/stage1"}
@@ -134,7 +135,7 @@ def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
   start = time.time()
 
   # 1. One worker; SIGKILL the whole launcher once the first run has saved a checkpoint.
-  first = _launch(spec, sweep_dir, "--workers=1")
+  first = _launch(spec, sweep_dir, "--workers=1", "--pack_size=4")
   checkpoint = sweep_dir / "runs" / ids[0] / "checkpoints" / "4"
   while not checkpoint.exists():
     assert first.poll() is None, first.stdout.read()
@@ -147,10 +148,12 @@ def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
     time.sleep(0.1)
   print(f"killed after {time.time() - start:.1f} s")
   assert not (sweep_dir / "runs" / ids[0] / sweeps.DONE).exists()
+  assert f"Packed with runs {ids}" in (sweep_dir / "runs" / ids[3] / "log.txt").read_text()
   assert sweeps.status(str(sweep_dir))["pending"] == [sweeps.run_id(r) for r in good + [bad]]
 
   # 2. Relaunch: the killed run resumes, the bad one fails, the others finish.
-  second = _launch(spec, sweep_dir, "--workers=2")
+  # Runs the kill left at different steps resume in different packs.
+  second = _launch(spec, sweep_dir, "--workers=2", "--pack_size=4")
   output = second.communicate(timeout=600)[0]
   assert second.returncode != 0 and "error: 1 of 5 runs failed" in output, output
   print(f"relaunch finished after {time.time() - start:.1f} s")
