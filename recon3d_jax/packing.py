@@ -3,7 +3,7 @@
 Runs pack when their configs differ only in PACKABLE_KEYS: the seed (its own initialisation and
 data order), the loss weights, and the arm among arms that build the same model (the core arms
 vanilla, normal, depth, both). train.train_and_evaluate_pack trains a pack; each run keeps its
-own workdir in the single-run format (docs/DESIGN.md section 13). Imports no JAX: the sweep
+own workdir in the single-run format (docs/DESIGN.md section 9). Imports no JAX: the sweep
 launcher groups runs with it.
 """
 from __future__ import annotations
