@@ -32,7 +32,6 @@ from absl import flags, logging
 from recon3d_jax import arms, cli, config_lib, stats, sweeps
 from recon3d_jax.data.corrupt import LEVELS
 
-IGNORED = ("seed", "init_from")  # Replicates and links, not factors of a cell.
 BENCHMARK_KEY = "data.benchmark"
 RDEP_PREFIX = "rdep."
 COST_KEYS = ("train_step_s", "infer_latency_b1_s", "infer_latency_batch_s", "peak_memory_bytes",
@@ -100,7 +99,8 @@ def select(runs: list[RunResult], base: dict, free: set) -> list[RunResult]:
   for run in runs:
     if run.state != "done" or run.value("arm", base) == arms.pretraining_arm():
       continue
-    if all(run.overrides[k] == base.get(k) for k in set(run.overrides) - free - set(IGNORED)):
+    factors = set(run.overrides) - free - set(config_lib.REPLICATE_KEYS)
+    if all(run.overrides[k] == base.get(k) for k in factors):
       out.append(run)
   return out
 
@@ -581,8 +581,8 @@ class Builder:
       member_runs = [by_run[m] for m in members if m in by_run and by_run[m].state == "done"]
       if len(member_runs) != len(members):
         continue
-      label = json.dumps({k: v for k, v in member_runs[0].overrides.items() if k not in IGNORED},
-                         sort_keys=True)
+      label = json.dumps({k: v for k, v in member_runs[0].overrides.items()
+                          if k not in config_lib.REPLICATE_KEYS}, sort_keys=True)
       bench = next(iter(member_runs[0].rows))[0]
       ens = {(bench, r["index"]): r[self.metric] for r in rows}
       single = {k: float(np.mean([m.rows[k][self.metric] for m in member_runs]))
