@@ -29,6 +29,9 @@ RETIRED_EVAL_KEYS = dict(grid_resolution="the dense mesh grid, replaced by eval.
 NON_DEFINING_KEYS = ("data.data_dir", "log_every_steps", "eval_every_steps",
                      "checkpoint_every_steps", "keep_checkpoints", "eval.grid_resolution",
                      "eval.mise_resolution0", "eval.mise_upsampling_steps")
+# Keys in which the replicates of one cell differ: the seed, and the link to a stage-1 run (which
+# follows the seed). The report pools such runs into a cell; an ensemble's members differ in them.
+REPLICATE_KEYS = ("seed", "init_from")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

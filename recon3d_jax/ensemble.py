@@ -23,8 +23,6 @@ from absl import flags, logging
 
 from recon3d_jax import cli, config_lib, sweeps, writers
 
-IGNORED = ("seed", "init_from")  # Keys in which the members of an ensemble may differ.
-
 
 def groups(sweep_dir: str, members: int) -> list[tuple[str, list[str]]]:
   """(name, run ids) of every ensemble of `members` finished runs of one cell, by seed."""
@@ -34,7 +32,7 @@ def groups(sweep_dir: str, members: int) -> list[tuple[str, list[str]]]:
   cells: dict[str, list[tuple]] = {}
   for rid, run in manifest["runs"].items():
     if sweeps.run_state(sweep_dir, rid) == "done":
-      cell = {k: v for k, v in run["overrides"].items() if k not in IGNORED}
+      cell = {k: v for k, v in run["overrides"].items() if k not in config_lib.REPLICATE_KEYS}
       cells.setdefault(sweeps.run_id(cell), []).append((run["overrides"].get("seed", 0), rid))
   out = []
   for cell, runs in cells.items():
@@ -62,8 +60,9 @@ def evaluate_ensemble(workdirs: list[str], out_dir: str) -> dict:
   members = [experiment.load(w, mesh=mesh) for w in workdirs]
   config = members[0][2]
   for workdir, (_, _, c) in zip(workdirs, members):
-    differing = config_lib.differing_keys(config.to_dict(), c.to_dict(),
-                                          ignore=(*IGNORED, *config_lib.NON_DEFINING_KEYS))
+    differing = config_lib.differing_keys(
+        config.to_dict(), c.to_dict(),
+        ignore=(*config_lib.REPLICATE_KEYS, *config_lib.NON_DEFINING_KEYS))
     if differing:
       raise config_lib.ConfigError(f"run {workdir!r} differs from {workdirs[0]!r} in "
                                    f"{differing[:5]}; expected runs that differ only in seed")

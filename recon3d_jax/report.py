@@ -17,7 +17,8 @@ Statistics (docs/DESIGN.md section 8, recon3d_jax.stats):
   over seeds (smallest possible two-sided p: 2^(1-n)); effect size: Cohen's d_z. With a single
   seed the instances are the pairs instead (seed variance then ignored; the table says so).
 - Each table's comparisons form one family: Holm-adjusted p-values (m stated).
-A table appears only when the sweep has the runs it needs; runs that are not done are listed, never
+The tables are those the study declared (its config's `TABLES`, kept in the manifest); each
+appears only when the sweep has the runs it needs. Runs that are not done are listed, never
 silently dropped, and a seed missing from one side of a comparison is named.
 """
 from __future__ import annotations
@@ -32,7 +33,6 @@ from absl import flags, logging
 from recon3d_jax import arms, cli, config_lib, stats, sweeps
 from recon3d_jax.data.corrupt import LEVELS
 
-IGNORED = ("seed", "init_from")  # Replicates and links, not factors of a cell.
 BENCHMARK_KEY = "data.benchmark"
 RDEP_PREFIX = "rdep."
 COST_KEYS = ("train_step_s", "infer_latency_b1_s", "infer_latency_batch_s", "peak_memory_bytes",
@@ -100,7 +100,8 @@ def select(runs: list[RunResult], base: dict, free: set) -> list[RunResult]:
   for run in runs:
     if run.state != "done" or run.value("arm", base) == arms.pretraining_arm():
       continue
-    if all(run.overrides[k] == base.get(k) for k in set(run.overrides) - free - set(IGNORED)):
+    factors = set(run.overrides) - free - set(config_lib.REPLICATE_KEYS)
+    if all(run.overrides[k] == base.get(k) for k in factors):
       out.append(run)
   return out
 
@@ -298,13 +299,15 @@ def _unpaired_notes(comparisons: list[tuple[str, dict | None]]) -> list[str]:
 # Tables (docs/DESIGN.md section 6).
 # ---------------------------------------------------------------------------------------------
 class Builder:
-  """Builds the tables a sweep has runs for."""
+  """Builds the tables the study declared that the sweep has runs for."""
 
-  def __init__(self, manifest: dict, runs: list[RunResult], seed: int, n_resamples: int,
-               metric: str | None = None, power_effect: float = 0.01):
+  def __init__(self, sweep_dir: str, manifest: dict, runs: list[RunResult], seed: int,
+               n_resamples: int, metric: str | None = None, power_effect: float = 0.01):
+    self.sweep_dir = sweep_dir
     self.base = flat_base(manifest)
     self.runs = runs
     self.study = manifest["study"]
+    self.table_names = study_tables(self.study)  # Checked before anything is computed.
     declared = self.study["primary_metric"]
     self.metric = metric or declared
     self.tau = declared.partition("@")[2]  # Precision/recall columns stay at the declared τ.
@@ -569,8 +572,8 @@ class Builder:
                   "seeds] (n = seeds). Times are only comparable when measured on one machine."],
                  data)
 
-  def ensembles(self, sweep_dir: str) -> Table | None:
-    root = os.path.join(sweep_dir, "ensembles")
+  def ensembles(self) -> Table | None:
+    root = os.path.join(self.sweep_dir, "ensembles")
     names = sorted(os.listdir(root)) if os.path.isdir(root) else []
     by_run = {r.id: r for r in self.runs}
     groups: dict[str, list] = {}
@@ -581,8 +584,8 @@ class Builder:
       member_runs = [by_run[m] for m in members if m in by_run and by_run[m].state == "done"]
       if len(member_runs) != len(members):
         continue
-      label = json.dumps({k: v for k, v in member_runs[0].overrides.items() if k not in IGNORED},
-                         sort_keys=True)
+      label = json.dumps({k: v for k, v in member_runs[0].overrides.items()
+                          if k not in config_lib.REPLICATE_KEYS}, sort_keys=True)
       bench = next(iter(member_runs[0].rows))[0]
       ens = {(bench, r["index"]): r[self.metric] for r in rows}
       single = {k: float(np.mean([m.rows[k][self.metric] for m in member_runs]))
@@ -643,24 +646,49 @@ class Builder:
                   "test instances; it adds the instance sampling noise to the seed-level one."],
                  data)
 
-  def tables(self, sweep_dir: str) -> list[Table]:
-    candidates = [
-        self.main(),
-        self.pairwise(),
-        self.versus(BENCHMARK_KEY, "table2_benchmarks", "Table 2: per benchmark", "Benchmark",
-                    "Improvement (%)"),
-        self.levels(),
-        self.ablation(),
-        self.versus("data.num_train", "table5_scaling", "Table 5: scaling with training size",
-                    "Training size", "Relative gain (%)"),
-        self.overhead(),
-        self.versus("model.encoder", "architectures", "Architectures: methods per encoder",
-                    "Encoder", "Improvement (%)"),
-        self.variants(),
-        self.ensembles(sweep_dir),
-    ]
-    tables = [t for t in candidates if t is not None]
-    return tables + [t for t in [self.power(tables)] if t is not None]
+  def tables(self) -> list[Table]:
+    """The study's tables that have the runs they need, in report order."""
+    built = []
+    for name in self.table_names:
+      if (table := TABLES[name](self, built)) is not None:
+        built.append(table)
+    return built
+
+
+# Every table the report builds, by its key in report.json, in report order: name -> function of
+# the Builder and the tables built before it. A study config declares the ones it is for
+# (`TABLES`); "power" comes last because it reads the comparisons of the others.
+TABLES = {
+    "table1_main": lambda b, _: b.main(),
+    "table1b_pairwise": lambda b, _: b.pairwise(),
+    "table2_benchmarks": lambda b, _: b.versus(BENCHMARK_KEY, "table2_benchmarks",
+                                               "Table 2: per benchmark", "Benchmark",
+                                               "Improvement (%)"),
+    "table3_levels": lambda b, _: b.levels(),
+    "table4_ablation": lambda b, _: b.ablation(),
+    "table5_scaling": lambda b, _: b.versus("data.num_train", "table5_scaling",
+                                            "Table 5: scaling with training size",
+                                            "Training size", "Relative gain (%)"),
+    "table6_overhead": lambda b, _: b.overhead(),
+    "architectures": lambda b, _: b.versus("model.encoder", "architectures",
+                                           "Architectures: methods per encoder", "Encoder",
+                                           "Improvement (%)"),
+    "negatives": lambda b, _: b.variants(),
+    "negatives_ensemble": lambda b, _: b.ensembles(),
+    "power": lambda b, built: b.power(built),
+}
+
+
+def study_tables(study: dict) -> list[str]:
+  """The tables the study declared (its config's TABLES, stored in the manifest), in report
+  order; ConfigError for a name the report does not know."""
+  # Manifests written before study configs declared their tables have none: the report then
+  # tries every table, as it always did, and each appears only where the sweep has its runs.
+  names = study.get("tables", list(TABLES))
+  unknown = [n for n in names if n not in TABLES]
+  if unknown:
+    raise config_lib.ConfigError(f"study tables {unknown}: expected names among {list(TABLES)}")
+  return [n for n in TABLES if n in names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,10 +770,10 @@ def write_report(sweep_dir: str, out: str | None = None, seed: int = 0,
   power table gives.
   """
   manifest, runs = collect(sweep_dir)
-  builder = Builder(manifest, runs, seed, n_resamples, metric, power_effect)
+  builder = Builder(sweep_dir, manifest, runs, seed, n_resamples, metric, power_effect)
   out = out or os.path.join(sweep_dir, "report")
   os.makedirs(out, exist_ok=True)
-  tables = builder.tables(sweep_dir)
+  tables = builder.tables()
   for t in tables:
     with open(os.path.join(out, f"{t.name}.tex"), "w") as f:
       f.write(t.latex())

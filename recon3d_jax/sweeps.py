@@ -1,7 +1,9 @@
 """Sweeps as data: expand a study config into runs, and keep each run's state on disk.
 
-A study config (configs/study/*.py) declares `get_config(arg)` (the base config) and
-`sweep(arg)` (dicts of dotted-key overrides, one per run). This module turns them into runs:
+A study config (configs/study/*.py) declares `get_config(arg)` (the base config),
+`sweep(arg)` (dicts of dotted-key overrides, one per run) and what the report reads
+(`PRIMARY_METRIC`, `BASELINE_ARM`, `OURS_ARM`, `TABLES`; kept in the manifest as "study"). This
+module turns them into runs:
 
     SWEEP_DIR/manifest.json          config spec, study settings, base config, id -> overrides
     SWEEP_DIR/runs/<id>/             the run's workdir (train.train_and_evaluate writes here)
@@ -66,7 +68,8 @@ class Study:
   def settings(self) -> dict:
     """The study's declared analysis settings (stored in the manifest for the report)."""
     return dict(primary_metric=self.module.PRIMARY_METRIC,
-                baseline_arm=self.module.BASELINE_ARM, ours_arm=self.module.OURS_ARM)
+                baseline_arm=self.module.BASELINE_ARM, ours_arm=self.module.OURS_ARM,
+                tables=list(self.module.TABLES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,11 +145,11 @@ def load_study(spec: str) -> Study:
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  missing = [a for a in ("get_config", "sweep", "PRIMARY_METRIC", "BASELINE_ARM", "OURS_ARM")
-             if not hasattr(module, a)]
+  required = ("get_config", "sweep", "PRIMARY_METRIC", "BASELINE_ARM", "OURS_ARM", "TABLES")
+  missing = [a for a in required if not hasattr(module, a)]
   if missing:
-    raise config_lib.ConfigError(f"study config {path!r} lacks {missing}; expected get_config, "
-                                 "sweep, PRIMARY_METRIC, BASELINE_ARM and OURS_ARM")
+    raise config_lib.ConfigError(f"study config {path!r} lacks {missing}; expected "
+                                 f"{', '.join(required)}")
   base = module.get_config(arg or None)
   return Study(spec, module, base, tuple(expand(base, module.sweep(arg or None))))
 

@@ -108,6 +108,7 @@ def files(tmp_path_factory):
 STUDY = '''
 from configs import default
 PRIMARY_METRIC, BASELINE_ARM, OURS_ARM = "fscore@0.02", "vanilla", "normal"
+TABLES = ("table1_main",)
 
 def get_config(arg=None):
   return default.get_config("runlocal")

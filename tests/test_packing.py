@@ -54,7 +54,7 @@ def test_sweep_packs_only_runs_at_the_same_step_without_dependencies_or_failures
   runs += [{"arm": "oracle", "seed": 0}, {"arm": "stage1", "seed": 0},
            {"arm": "full", "seed": 0, "init_from": {"arm": "stage1", "seed": 0}}]
   study = sweeps.Study("fake", type("M", (), dict(PRIMARY_METRIC="f", BASELINE_ARM="vanilla",
-                                                  OURS_ARM="full")),
+                                                  OURS_ARM="full", TABLES=())),
                        tiny_config, tuple(sweeps.expand(tiny_config, runs)))
   manifest = sweeps.write_manifest(str(tmp_path), study)
   ids = [sweeps.run_id(r) for r in runs]

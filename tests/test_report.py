@@ -1,6 +1,7 @@
 """Report tables recomputed independently from synthetic per-instance rows of a fake sweep."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
 from configs import default
-from recon3d_jax import report, sweeps
+from recon3d_jax import config_lib, report, sweeps
 
 SEEDS = range(5)
 INSTANCES = range(6)
@@ -57,6 +58,7 @@ def fake_sweep(tmp_path_factory):
                   runs={rid: dict(overrides=o, depends_on=[]) for rid, o in runs.items()})
   with open(os.path.join(sweep_dir, sweeps.MANIFEST), "w") as f:
     json.dump(manifest, f)
+  # Its study settings have no "tables", as in manifests written before studies declared them.
   out = report.write_report(sweep_dir, n_resamples=4999)
   with open(os.path.join(out, "report.json")) as f:
     return out, json.load(f), sweeps.run_id(pending)
@@ -207,3 +209,35 @@ def test_power_table_matches_statsmodels_for_the_pairwise_comparison(fake_sweep)
   # The two-level interval (seeds, then instances) brackets the mean difference.
   assert row["low_two_level"] < row["diff"] < row["high_two_level"]
   assert {f"Table 2: Benchmark={d}: both − vanilla" for d in DOMAINS} < set(rows)
+
+
+def test_manifest_without_tables_gets_every_table_it_has_runs_for(fake_sweep):
+  """A manifest from before studies declared tables: the tables the report built then."""
+  _, result, _ = fake_sweep
+  assert list(result["tables"]) == ["table1_main", "table1b_pairwise", "table2_benchmarks",
+                                    "power"]
+
+
+def test_the_tables_declared_are_the_tables_built(fake_sweep, tmp_path):
+  out, _, _ = fake_sweep
+  sweep_dir = str(tmp_path / "sweep")
+  shutil.copytree(os.path.dirname(out), sweep_dir, ignore=shutil.ignore_patterns("report"))
+  manifest = sweeps.read_manifest(sweep_dir)
+  manifest["study"]["tables"] = ["table2_benchmarks", "table1_main"]
+  with open(os.path.join(sweep_dir, sweeps.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  with open(os.path.join(report.write_report(sweep_dir, n_resamples=99), "report.json")) as f:
+    assert list(json.load(f)["tables"]) == ["table1_main", "table2_benchmarks"]  # Report order.
+
+
+def test_a_study_declaring_an_unknown_table_is_refused(tmp_path):
+  """From the study config through the manifest to the report, which names the bad table."""
+  (tmp_path / "study.py").write_text(
+      "from configs import default\n"
+      "PRIMARY_METRIC, BASELINE_ARM, OURS_ARM = 'fscore@0.02', 'vanilla', 'normal'\n"
+      "TABLES = ('table1_main', 'table7_typo')\n"
+      "get_config = lambda arg=None: default.get_config('runlocal')\n"
+      "sweep = lambda arg=None: [{'arm': 'vanilla'}]\n")
+  sweeps.write_manifest(str(tmp_path), sweeps.load_study(str(tmp_path / "study.py")))
+  with pytest.raises(config_lib.ConfigError, match=r"\['table7_typo'\].*table1_main"):
+    report.write_report(str(tmp_path))

@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = '''
 from configs import default
 PRIMARY_METRIC, BASELINE_ARM, OURS_ARM = "fscore@0.02", "vanilla", "normal"
+TABLES = ("table1_main",)
 
 def get_config(arg=None):
   c = default.get_config("runlocal")
@@ -191,7 +192,7 @@ def test_local_sweep_survives_a_kill_and_a_failing_run(tiny_config, tmp_path):
 def _fake_sweep(tmp_path, runs):
   base = ml_collections.ConfigDict({"arm": "vanilla", "seed": 0, "init_from": ""})
   study = sweeps.Study("fake", type("M", (), dict(PRIMARY_METRIC="f", BASELINE_ARM="vanilla",
-                                                  OURS_ARM="full")),
+                                                  OURS_ARM="full", TABLES=())),
                        base, tuple(sweeps.expand(base, runs)))
   sweeps.write_manifest(str(tmp_path), study)
   return study
@@ -257,10 +258,12 @@ def test_slurm_submission_has_array_cap_requeue_and_dependency(tmp_path):
 @pytest.mark.parametrize("name", ["main", "levels", "scaling", "architectures", "overhead",
                                   "ablation", "negatives"])
 def test_every_study_config_expands_to_valid_runs_at_both_scales(name):
-  """Each committed study loads and validates (keys, values, stage-1 links) at both scales."""
+  """Each committed study loads and validates (keys, values, stage-1 links, tables the report
+  knows) at both scales."""
   for arg in ("runlocal", ""):
     study = sweeps.load_study(f"configs/study/{name}.py" + (f":{arg}" if arg else ""))
     assert study.runs and len({r.id for r in study.runs}) == len(study.runs)
+    assert report.study_tables(study.settings)
 
 
 def test_main_study_gives_the_core_comparison_ten_seeds_at_the_embedded_scale():

@@ -9,6 +9,8 @@ ENCODERS = ("resnet10", "resnet18", "resnet34", "vit_ti", "vit_s", "vit_b", "hyb
             "hybrid_m", "hybrid_l")
 SMALLEST = ("resnet10", "vit_ti", "hybrid_s")  # One CNN, one ViT, one hybrid.
 
+TABLES = ("table1_main", "table1b_pairwise", "architectures", "power")
+
 
 def get_config(arg=None):
   return common.get_config(common.parse(arg))

@@ -14,6 +14,7 @@ from configs.study.common import PRIMARY_METRIC  # noqa: F401
 
 BASELINE_ARM = "depth"
 OURS_ARM = "normal"
+TABLES = ("table3_levels", "power")
 
 
 def get_config(arg=None):

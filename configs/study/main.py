@@ -5,6 +5,8 @@
 from configs.study import common
 from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa: F401
 
+TABLES = ("table1_main", "table1b_pairwise", "table2_benchmarks", "power")
+
 
 def get_config(arg=None):
   return common.get_config(common.parse(arg))

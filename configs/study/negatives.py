@@ -10,6 +10,8 @@ from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa:
 
 ENSEMBLE_MEMBERS = 3
 
+TABLES = ("table1_main", "table1b_pairwise", "negatives", "negatives_ensemble", "power")
+
 
 def get_config(arg=None):
   return common.get_config(common.parse(arg), supervision="uniform")

@@ -7,6 +7,8 @@ long enough for stable step times.
 from configs.study import common
 from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa: F401
 
+TABLES = ("table1_main", "table1b_pairwise", "table6_overhead", "power")
+
 
 def get_config(arg=None):
   c = common.get_config(common.parse(arg))

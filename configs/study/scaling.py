@@ -7,6 +7,8 @@ from configs.study.common import BASELINE_ARM, OURS_ARM, PRIMARY_METRIC  # noqa:
 
 ARMS = (BASELINE_ARM, "normal", "depth", OURS_ARM)
 
+TABLES = ("table1_main", "table1b_pairwise", "table5_scaling", "power")
+
 
 def get_config(arg=None):
   c = common.get_config(common.parse(arg))
