@@ -249,8 +249,8 @@ def make_packed_train_step(model: models.ReconModel, tx: optax.GradientTransform
 
   states and stats carry a leading model axis K; batches (S, B, ...) hold one batch per data
   stream, and model k reads stream stream_of[k]; weights {term: (K,)} are each model's loss
-  weights. The single-run step is vmapped over the models (lax.map, one model after another
-  inside the program, was 4-6x slower per model on CPU: benchmarks/packing.py).
+  weights. The single-run step is vmapped over the models; lax.map (one model after another
+  inside the program) was much slower on CPU (benchmarks/packing.py in benchmarks/RESULTS.md).
   """
   index = np.asarray(stream_of)
 
