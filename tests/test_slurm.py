@@ -83,7 +83,10 @@ def test_launcher_reports_what_sbatch_refused(slurm, tmp_path):
 def test_slurm_sweep_caps_its_array_fails_a_bad_run_and_blocks_its_dependent(tiny_config, slurm,
                                                                              tmp_path):
   good = [{"arm": "vanilla", "seed": 0}, {"arm": "normal", "seed": 0}]
-  stage1 = {"arm": "stage1", "seed": 0, "model.encoder": "resnet11"}  # Fails inside its job.
+  # Valid values (the launcher checks them), but every label is `extreme` and the filter keeps
+  # only `minimal` ones: fails inside its job.
+  stage1 = {"arm": "stage1", "seed": 0, "data.supervision": "extreme",
+            "data.max_level": "minimal"}
   full = {"arm": "full", "seed": 0, "init_from": stage1}  # The second dependency layer.
   spec = _study(tmp_path / "study.py", good + [stage1, full], tiny_config.data.data_dir)
   sweep_dir = tmp_path / "sweep"
@@ -108,14 +111,14 @@ def test_slurm_sweep_caps_its_array_fails_a_bad_run_and_blocks_its_dependent(tin
     assert (sweep_dir / "runs" / sweeps.run_id(run) / sweeps.DONE).exists()
   status = _status(slurm, spec, sweep_dir)
   assert "done: 2, running: 0, failed: 2, pending: 0" in status, status
-  assert (f"failed {sweeps.run_id(stage1)}: ConfigError: config.model.encoder='resnet11'"
-          in status)
+  assert (f"failed {sweeps.run_id(stage1)}: ValueError: data.max_level='minimal' keeps no "
+          "training instance" in status), status
   assert f"failed {sweeps.run_id(full)}: blocked: dependency {sweeps.run_id(stage1)}" in status
   # submitit's view: results of the good runs, the errors of the others.
   jobs = [submitit.SlurmJob(sweep_dir / "slurm" / "%j", job_id)
           for job_id in (f"{array}_0", f"{array}_1", f"{array}_2", dependent)]
   assert [j.result() for j in jobs[:2]] == ["done", "done"]
-  with pytest.raises(submitit.core.utils.FailedJobError, match="resnet11"):
+  with pytest.raises(submitit.core.utils.FailedJobError, match="keeps no training instance"):
     jobs[2].result()
   with pytest.raises(submitit.core.utils.FailedJobError, match="blocked"):
     jobs[3].result()
