@@ -19,7 +19,7 @@ value becomes that run's workdir, and the run depends on it (e.g. `init_from` of
 its stage1 run). Dependencies run first; a run whose dependency failed fails as blocked.
 
 Nothing here imports JAX at module level: the launcher process stays JAX-free so that it can
-spawn workers safely. `run_one` imports the training code inside the worker.
+spawn workers safely. `_train` imports the training code inside the worker.
 """
 from __future__ import annotations
 
@@ -428,11 +428,6 @@ def _train(sweep_dir: str, manifest: dict, rids: list[str]) -> dict[str, str]:
         host=socket.gethostname(), finished=time.time(), attempt_s=time.time() - start,
         packed_with=len(rids))))
   return dict.fromkeys(rids, "done")
-
-
-def run_one(sweep_dir: str, rid: str) -> str:
-  """Runs (or resumes) one run alone: run_pack of one."""
-  return run_pack(sweep_dir, [rid])[rid]
 
 
 def plan_packs(manifest: dict, sweep_dir: str, rids: Sequence[str],
