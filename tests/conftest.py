@@ -17,6 +17,20 @@ import pytest  # noqa: E402
 import slurm_cluster  # noqa: E402  (tests/, on sys.path beside this conftest)
 
 
+def crash_metric_writes_at(monkeypatch, step: int) -> None:
+  """Makes writing the metrics row of `step` raise KeyboardInterrupt: a crash mid-run, after the
+  checkpoints before it (undo with monkeypatch.undo())."""
+  from recon3d_jax import writers
+  original_write = writers.MetricWriter.write
+
+  def write(self, at, scalars):
+    if at == step:
+      raise KeyboardInterrupt("simulated crash")
+    original_write(self, at, scalars)
+
+  monkeypatch.setattr(writers.MetricWriter, "write", write)
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory):
   """The `runlocal` default config with a session-wide data dir (the dataset is built once)."""

@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+import conftest  # tests/, beside this file
+
 from recon3d_jax import config_lib, cost, experiment, packing, sharding, sweeps, train, writers
 
 
@@ -145,14 +147,7 @@ def test_packed_runs_match_the_same_runs_trained_alone(pack_of_four, tmp_path):
 def test_interrupted_pack_resumes_to_identical_parameters(pack_of_four, tmp_path, monkeypatch):
   configs, _, packed = pack_of_four
   workdirs = [str(tmp_path / f"run{k}") for k in range(4)]
-  original_write = writers.MetricWriter.write
-
-  def crash_at_step_6(self, step, scalars):
-    if step == 6:
-      raise KeyboardInterrupt("simulated crash")
-    original_write(self, step, scalars)
-
-  monkeypatch.setattr(writers.MetricWriter, "write", crash_at_step_6)
+  conftest.crash_metric_writes_at(monkeypatch, 6)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate_pack(configs, workdirs)
   monkeypatch.undo()

@@ -10,6 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import conftest  # tests/, beside this file
+
 from recon3d_jax import config_lib, evaluate, experiment, metrics, sharding, train, writers
 from recon3d_jax.data import pipeline
 
@@ -143,14 +145,7 @@ def test_interrupted_run_resumes_to_identical_parameters(uninterrupted, tiny_con
                                                          monkeypatch):
   workdir_a, state_a = uninterrupted
   workdir = str(tmp_path / "run_b")
-  original_write = writers.MetricWriter.write
-
-  def crash_at_step_6(self, step, scalars):
-    if step == 6:
-      raise KeyboardInterrupt("simulated crash")
-    original_write(self, step, scalars)
-
-  monkeypatch.setattr(writers.MetricWriter, "write", crash_at_step_6)
+  conftest.crash_metric_writes_at(monkeypatch, 6)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(tiny_config, workdir)
   assert experiment.checkpoint_manager(workdir, tiny_config).latest_step() == 4
