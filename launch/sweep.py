@@ -5,12 +5,12 @@
     python launch/sweep.py --config=configs/study/main.py --sweep_dir=/data/study --backend=slurm \
         --slurm_partition=gpu --slurm_gpus=1 --slurm_array_parallelism=32
     python launch/sweep.py --config=configs/study/main.py:runlocal --sweep_dir=/tmp/study --status
-    python -m recon3d_jax.report --sweep_dir=/tmp/study
+    python -m recon3d_jax.study.report --sweep_dir=/tmp/study
 
 Every override (its key, and its value as part of the run's config) is checked before anything
 runs; the launcher exits non-zero if a run failed (local backend). Relaunching the same
 command skips finished runs, resumes interrupted ones from their checkpoints and retries failed
-ones. See recon3d_jax/sweeps.py for the layout of SWEEP_DIR. This process never imports JAX: the
+ones. See recon3d_jax/study/sweeps.py for the layout of SWEEP_DIR. This process never imports JAX: the
 datasets are built and the runs executed in spawned processes (or Slurm jobs).
 """
 import os
@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from absl import flags, logging  # noqa: E402
 
-from recon3d_jax import cli, config_lib, sweeps  # noqa: E402
+from recon3d_jax import cli, config_lib  # noqa: E402
+from recon3d_jax.study import sweeps  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", None, "Study config file[:arg].")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Directory of the sweep's runs.")

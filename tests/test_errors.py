@@ -17,12 +17,13 @@ import warnings
 
 import pytest
 
-from recon3d_jax import cli, config_lib, sweeps, writers
+from recon3d_jax import cli, config_lib, writers
 from recon3d_jax.data import pipeline
+from recon3d_jax.study import sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAIN, EVALUATE, REPORT = "recon3d_jax.main", "recon3d_jax.evaluate", "recon3d_jax.report"
-ENSEMBLE = "recon3d_jax.ensemble"
+MAIN, EVALUATE, REPORT = "recon3d_jax.main", "recon3d_jax.evaluate", "recon3d_jax.study.report"
+ENSEMBLE = "recon3d_jax.study.ensemble"
 BUILD, SHOW, SWEEP = "recon3d_jax.data.build", "recon3d_jax.data.show", "launch/sweep.py"
 CONFIG = "--config=configs/default.py:runlocal"
 
@@ -87,6 +88,8 @@ def files(tmp_path_factory):
   (d / "syntax.py").write_text("def get_config(:\n")
   (d / "study.py").write_text(STUDY.format(runs=[{"arm": "vanilla"}, {"model.encodr": "x"}]))
   (d / "values.py").write_text(STUDY.format(runs=[{"arm": "vanilla"}, {"arm": "telepathy"}]))
+  (d / "tables.py").write_text(STUDY.format(runs=[{"arm": "vanilla"}]).replace(
+      '("table1_main",)', '("table1_main", "table7_typo")'))
   (d / "garbage").mkdir()
   (d / "garbage" / "config.json").write_text('{"arm": "norm')
   (d / "garbage" / sweeps.MANIFEST).write_text("\x00\x01 not json")
@@ -192,7 +195,7 @@ CASES = [
      ["expected exactly one of"]),
     (EVALUATE, ["--baselines_only", "--config={d}/missing.py", "--out={d}/o"],
      ["{d}/missing.py", "No such file"]),
-    # python -m recon3d_jax.report
+    # python -m recon3d_jax.study.report
     (REPORT, [], ["--sweep_dir", "must have a value"]),
     (REPORT, ["--sweep_dir={d}/nowhere"], ["'{d}/nowhere' has no manifest.json"]),
     (REPORT, ["--sweep_dir={d}/garbage"],
@@ -200,7 +203,7 @@ CASES = [
     (REPORT, ["--sweep_dir={d}/sweep", "--metric=iuo"],
      ["metric 'iuo'", "expected one of", "'fscore@0.02'"]),
     (REPORT, ["--sweep_dir={d}/sweep", "--n_resamples=many"], ["--n_resamples=many"]),
-    # python -m recon3d_jax.ensemble
+    # python -m recon3d_jax.study.ensemble
     (ENSEMBLE, [], ["--sweep_dir", "must have a value"]),
     (ENSEMBLE, ["--sweep_dir={d}/sweep", "--members=1"], ["--members=1", "expected at least 2"]),
     (ENSEMBLE, ["--sweep_dir={d}/garbage"], ["{d}/garbage/manifest.json is not valid JSON"]),
@@ -234,6 +237,8 @@ CASES = [
     (SWEEP, ["--config={d}/syntax.py", "--sweep_dir={d}/s"], ["{d}/syntax.py, line 1"]),
     (SWEEP, ["--config={d}/study.py", "--sweep_dir={d}/s"],
      ["'model.encodr'", "did you mean 'model.encoder'"]),
+    (SWEEP, ["--config={d}/tables.py", "--sweep_dir={d}/s"],
+     ["study config '{d}/tables.py'", "['table7_typo']", "expected names among"]),
     (SWEEP, ["--config={d}/study.py", "--sweep_dir={d}/s", "--workers=0"],
      ["--workers=0", "not a positive integer"]),
     (SWEEP, ["--config={d}/study.py", "--sweep_dir={d}/s", "--backend=cloud"],

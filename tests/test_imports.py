@@ -16,7 +16,7 @@ FLOORS = {
     # 1. Pure functions of arrays and plain values, and the JAX-free config helpers.
     f"{PACKAGE}.geometry": 1, f"{PACKAGE}.models": 1, f"{PACKAGE}.losses": 1,
     f"{PACKAGE}.metrics": 1, f"{PACKAGE}.mise": 1, f"{PACKAGE}.weighting": 1,
-    f"{PACKAGE}.stats": 1, f"{PACKAGE}.sharding": 1, f"{PACKAGE}.writers": 1,
+    f"{PACKAGE}.study.stats": 1, f"{PACKAGE}.sharding": 1, f"{PACKAGE}.writers": 1,
     f"{PACKAGE}.visualize": 1, f"{PACKAGE}.arms": 1, f"{PACKAGE}.config_lib": 1,
     f"{PACKAGE}.packing": 1, f"{PACKAGE}.cli": 1,
     # 2. Data: rendering datasets and loading them.
@@ -26,9 +26,8 @@ FLOORS = {
     # 4. Training and evaluating a run.
     f"{PACKAGE}.train": 4, f"{PACKAGE}.evaluate": 4, f"{PACKAGE}.cost": 4,
     f"{PACKAGE}.baselines": 4,
-    # 5. Entry point and the study over many runs.
-    f"{PACKAGE}.main": 5, f"{PACKAGE}.sweeps": 5, f"{PACKAGE}.report": 5,
-    f"{PACKAGE}.ensemble": 5,
+    # 5. Entry point and the study over many runs (study/stats, pure, sits on floor 1).
+    f"{PACKAGE}.main": 5, f"{PACKAGE}.study": 5,
 }
 
 

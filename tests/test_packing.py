@@ -9,7 +9,8 @@ import pytest
 
 import conftest  # tests/, beside this file
 
-from recon3d_jax import config_lib, cost, experiment, packing, sharding, sweeps, train, writers
+from recon3d_jax import config_lib, cost, experiment, packing, sharding, train, writers
+from recon3d_jax.study import sweeps
 
 
 def _config(tiny_config, **overrides):

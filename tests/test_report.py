@@ -9,7 +9,8 @@ import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
 from configs import default
-from recon3d_jax import config_lib, report, sweeps
+from recon3d_jax import config_lib
+from recon3d_jax.study import report, sweeps
 
 SEEDS = range(5)
 INSTANCES = range(6)
@@ -230,14 +231,26 @@ def test_the_tables_declared_are_the_tables_built(fake_sweep, tmp_path):
     assert list(json.load(f)["tables"]) == ["table1_main", "table2_benchmarks"]  # Report order.
 
 
-def test_a_study_declaring_an_unknown_table_is_refused(tmp_path):
-  """From the study config through the manifest to the report, which names the bad table."""
+def test_a_study_declaring_an_unknown_table_is_refused_at_launch_and_by_the_report(tmp_path):
+  """The launcher loads the study config and names the bad table; a manifest edited by hand is
+  refused by the report the same way."""
   (tmp_path / "study.py").write_text(
       "from configs import default\n"
       "PRIMARY_METRIC, BASELINE_ARM, OURS_ARM = 'fscore@0.02', 'vanilla', 'normal'\n"
-      "TABLES = ('table1_main', 'table7_typo')\n"
+      "TABLES = ('table1_main',)\n"
       "get_config = lambda arg=None: default.get_config('runlocal')\n"
       "sweep = lambda arg=None: [{'arm': 'vanilla'}]\n")
   sweeps.write_manifest(str(tmp_path), sweeps.load_study(str(tmp_path / "study.py")))
-  with pytest.raises(config_lib.ConfigError, match=r"\['table7_typo'\].*table1_main"):
+  text = (tmp_path / "study.py").read_text()
+  (tmp_path / "study.py").write_text(text.replace("('table1_main',)", "('table1_main', 'table7')"))
+  with pytest.raises(config_lib.ConfigError, match=r"study.py.*\['table7'\].*table1_main"):
+    sweeps.load_study(str(tmp_path / "study.py"))
+  manifest = sweeps.read_manifest(str(tmp_path))
+  manifest["study"]["tables"] = ["table1_main", "table7"]
+  (tmp_path / sweeps.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(config_lib.ConfigError, match=r"\['table7'\].*table1_main"):
     report.write_report(str(tmp_path))
+
+
+def test_the_report_builds_every_table_a_study_may_declare():
+  assert list(report.TABLES) == list(sweeps.TABLE_NAMES)

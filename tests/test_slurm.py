@@ -13,7 +13,7 @@ import time
 import pytest
 import submitit
 
-from recon3d_jax import sweeps
+from recon3d_jax.study import sweeps
 from test_sweep import REPO, _launch, _study
 
 pytestmark = pytest.mark.slurm

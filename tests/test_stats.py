@@ -1,4 +1,4 @@
-"""Tests for recon3d_jax.stats against scipy.stats / statsmodels and closed forms."""
+"""Tests for recon3d_jax.study.stats against scipy.stats / statsmodels and closed forms."""
 import types
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
-from recon3d_jax import stats
+from recon3d_jax.study import stats
 
 
 def _mean_diff(x, y, axis=-1):

@@ -12,7 +12,8 @@ import pytest
 import submitit
 from submitit.core import test_core
 
-from recon3d_jax import config_lib, report, sweeps
+from recon3d_jax import config_lib
+from recon3d_jax.study import report, sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -263,7 +264,7 @@ def test_every_study_config_expands_to_valid_runs_at_both_scales(name):
   for arg in ("runlocal", ""):
     study = sweeps.load_study(f"configs/study/{name}.py" + (f":{arg}" if arg else ""))
     assert study.runs and len({r.id for r in study.runs}) == len(study.runs)
-    assert report.study_tables(study.settings)
+    assert sweeps.study_tables(study.settings)
 
 
 def test_main_study_gives_the_core_comparison_ten_seeds_at_the_embedded_scale():

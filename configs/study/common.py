@@ -5,7 +5,8 @@ Every study config declares, before any run:
 - `PRIMARY_METRIC`: the per-instance metric the report calls "F1": F@tau with tau = 0.02
   (unit-cube units, docs/DESIGN.md section 7). Precision/recall are precision@tau/recall@tau.
 - `BASELINE_ARM` / `OURS_ARM`: the two arms the report compares (vanilla vs full, 3D-R-DEP).
-- `TABLES`: the report's tables for this study, by their keys in report.json (`report.TABLES`);
+- `TABLES`: the report's tables for this study, by their keys in report.json
+  (`recon3d_jax.study.sweeps.TABLE_NAMES`);
   "power" gives the seed-level power of the comparisons of the others.
 
 Arguments (`configs/study/main.py:runlocal,seeds=2`):

@@ -2,7 +2,7 @@
 - curriculum: training instances ordered by level, easy first (data.curriculum);
 - filtering: training instances above level "medium" dropped (data.max_level);
 - ensemble of 3: the plain runs of each arm, 3 seeds per ensemble, averaged by
-  `python -m recon3d_jax.ensemble --sweep_dir=DIR --members=3` after the sweep.
+  `python -m recon3d_jax.study.ensemble --sweep_dir=DIR --members=3` after the sweep.
 Each variant is compared with the plain run of the same arm and seed.
 """
 from configs.study import common

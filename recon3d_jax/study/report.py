@@ -1,14 +1,14 @@
 """Sweep results -> tables with confidence intervals (Markdown + LaTeX), report.json and plots.
 
-    python -m recon3d_jax.report --sweep_dir=DIR [--out=DIR/report]
+    python -m recon3d_jax.study.report --sweep_dir=DIR [--out=DIR/report]
 
 Reads DIR/manifest.json (launch/sweep.py), each finished run's eval/test.jsonl (one row per test
-instance) and eval/summary.json, and DIR/ensembles/* (recon3d_jax.ensemble). Writes OUT/REPORT.md,
+instance) and eval/summary.json, and DIR/ensembles/* (recon3d_jax.study.ensemble). Writes OUT/REPORT.md,
 OUT/<table>.tex (one per table), OUT/report.json (every number, for scripts and tests) and PNGs.
 The recognition baselines in the runs' eval/summary.json ("baselines": mean shape, retrieval,
 retrieval oracle; recon3d_jax/baselines.py) are reference rows of the main table, not arms.
 
-Statistics (docs/DESIGN.md section 8, recon3d_jax.stats):
+Statistics (docs/DESIGN.md section 8, recon3d_jax.study.stats):
 - A cell's value is the mean over seeds of the seed's mean over test instances; its CI is a BCa
   bootstrap over seeds, with the Student t-interval beside it when there are fewer than 10 seeds.
 - A comparison of arms A - B pairs runs by seed and instances by (seed, instance index): each seed
@@ -30,8 +30,9 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from recon3d_jax import arms, cli, config_lib, stats, sweeps
+from recon3d_jax import arms, cli, config_lib
 from recon3d_jax.data.corrupt import LEVELS
+from recon3d_jax.study import stats, sweeps
 
 BENCHMARK_KEY = "data.benchmark"
 RDEP_PREFIX = "rdep."
@@ -307,7 +308,7 @@ class Builder:
     self.base = flat_base(manifest)
     self.runs = runs
     self.study = manifest["study"]
-    self.table_names = study_tables(self.study)  # Checked before anything is computed.
+    self.table_names = sweeps.study_tables(self.study)  # Checked before any computing.
     declared = self.study["primary_metric"]
     self.metric = metric or declared
     self.tau = declared.partition("@")[2]  # Precision/recall columns stay at the declared τ.
@@ -655,9 +656,8 @@ class Builder:
     return built
 
 
-# Every table the report builds, by its key in report.json, in report order: name -> function of
-# the Builder and the tables built before it. A study config declares the ones it is for
-# (`TABLES`); "power" comes last because it reads the comparisons of the others.
+# How each of sweeps.TABLE_NAMES is built: name -> function of the Builder and the tables built
+# before it.
 TABLES = {
     "table1_main": lambda b, _: b.main(),
     "table1b_pairwise": lambda b, _: b.pairwise(),
@@ -677,18 +677,6 @@ TABLES = {
     "negatives_ensemble": lambda b, _: b.ensembles(),
     "power": lambda b, built: b.power(built),
 }
-
-
-def study_tables(study: dict) -> list[str]:
-  """The tables the study declared (its config's TABLES, stored in the manifest), in report
-  order; ConfigError for a name the report does not know."""
-  # Manifests written before study configs declared their tables have none: the report then
-  # tries every table, as it always did, and each appears only where the sweep has its runs.
-  names = study.get("tables", list(TABLES))
-  unknown = [n for n in names if n not in TABLES]
-  if unknown:
-    raise config_lib.ConfigError(f"study tables {unknown}: expected names among {list(TABLES)}")
-  return [n for n in TABLES if n in names]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Ensembles of finished runs (a negative result of the study): average K models' predictions.
 
-    python -m recon3d_jax.ensemble --sweep_dir=DIR --members=3
+    python -m recon3d_jax.study.ensemble --sweep_dir=DIR --members=3
 
 Runs of a sweep that differ only in their seed form a cell; each cell's finished runs, sorted by
 seed, are cut into consecutive groups of K (leftovers unused). An ensemble's prediction for an
@@ -10,7 +10,7 @@ maps, and the renormalised mean of their normal maps. It is evaluated exactly li
 averaged probabilities; its mesh comes from MISE on the mean probability (evaluate.mesh_grids
 with all members), which refines near the ensemble's surface, not near each member's. Results:
 DIR/ensembles/<cell>-<g>/eval/{validation,test}.jsonl (rows like a run's), eval/summary.json, and
-members.json, written last (an ensemble without it is unfinished). recon3d_jax.report compares
+members.json, written last (an ensemble without it is unfinished). recon3d_jax.study.report compares
 each ensemble with its single models.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from recon3d_jax import cli, config_lib, sweeps, writers
+from recon3d_jax import cli, config_lib, writers
+from recon3d_jax.study import sweeps
 
 
 def groups(sweep_dir: str, members: int) -> list[tuple[str, list[str]]]:

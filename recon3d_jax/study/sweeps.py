@@ -150,8 +150,32 @@ def load_study(spec: str) -> Study:
   if missing:
     raise config_lib.ConfigError(f"study config {path!r} lacks {missing}; expected "
                                  f"{', '.join(required)}")
+  try:
+    study_tables({"tables": list(module.TABLES)})
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"study config {path!r}: {e}") from None
   base = module.get_config(arg or None)
   return Study(spec, module, base, tuple(expand(base, module.sweep(arg or None))))
+
+
+# The tables recon3d_jax.study.report builds, by their keys in report.json, in report order; a
+# study config declares the ones it is for (`TABLES`). "power" comes last: it reads the others.
+TABLE_NAMES = ("table1_main", "table1b_pairwise", "table2_benchmarks", "table3_levels",
+               "table4_ablation", "table5_scaling", "table6_overhead", "architectures",
+               "negatives", "negatives_ensemble", "power")
+
+
+def study_tables(settings: dict) -> list[str]:
+  """The tables a study declared (its manifest's "study" settings), in report order;
+  ConfigError for a name the report does not know."""
+  # Manifests written before study configs declared their tables have none: the report then
+  # tries every table, and each appears only where the sweep has its runs.
+  names = settings.get("tables", list(TABLE_NAMES))
+  unknown = [n for n in names if n not in TABLE_NAMES]
+  if unknown:
+    raise config_lib.ConfigError(f"study tables {unknown}: expected names among "
+                                 f"{list(TABLE_NAMES)}")
+  return [n for n in TABLE_NAMES if n in names]
 
 
 # ---------------------------------------------------------------------------------------------
