@@ -41,6 +41,21 @@ def viewer_camera() -> camera.Camera:
                            fov_deg=jnp.asarray(FOV_DEG))
 
 
+def posed_shape(shape: csg.Csg, key: jax.Array, *, variant: variants.Variant, num_points: int,
+                num_normals: int):
+  """make_sample's shape seen from its drawn viewpoint: (view_shape, points (num_points, 3),
+  normals (num_normals, 3), world_camera, (azimuth, elevation)). view_shape is the shape in camera
+  axes normalised to the unit cube; points one draw of its surface samples (the targets, then the
+  seeds of the near-surface query points). key: make_sample's key."""
+  k_view, _, k_surface, _ = jax.random.split(key, 4)
+  azimuth, elevation = variants.sample_view(k_view, variant)
+  world_camera = camera.look_at_camera(azimuth, elevation, CAMERA_DISTANCE, FOV_DEG)
+  view_shape, points, normals = groundtruth.normalize(
+      csg.transform(shape, world_camera.rotation, 1.0, jnp.zeros(3)), k_surface, num_points,
+      num_normals=num_normals)
+  return view_shape, points, normals, world_camera, (azimuth, elevation)
+
+
 def make_sample(shape: csg.Csg, key: jax.Array, *, variant: variants.Variant, image_size: int,
                 num_surface_points: int, num_uniform_points: int, num_near_points: int,
                 voxel_resolution: int) -> dict[str, jax.Array]:
@@ -54,15 +69,10 @@ def make_sample(shape: csg.Csg, key: jax.Array, *, variant: variants.Variant, im
     voxels (R,R,R) uint8 indexed [x,y,z]; kind () int32 the shape's family id in its domain;
     azimuth, elevation (radians).
   """
-  k_view, k_light, k_surface, k_occ = jax.random.split(key, 4)
-  azimuth, elevation = variants.sample_view(k_view, variant)
-  world_camera = camera.look_at_camera(azimuth, elevation, CAMERA_DISTANCE, FOV_DEG)
-
-  # The shape in camera axes, normalised to the unit cube, and one draw of surface samples: the
-  # targets, then the seeds of the near-surface query points.
-  view_shape, points, surface_normals = groundtruth.normalize(
-      csg.transform(shape, world_camera.rotation, 1.0, jnp.zeros(3)), k_surface,
-      num_surface_points + num_near_points, num_normals=num_surface_points)
+  _, k_light, _, k_occ = jax.random.split(key, 4)
+  view_shape, points, surface_normals, world_camera, (azimuth, elevation) = posed_shape(
+      shape, key, variant=variant, num_points=num_surface_points + num_near_points,
+      num_normals=num_surface_points)
   appearance = variants.sample_appearance(k_light, variant)
   # World directions -> the viewer frame the shape is rendered in (stripes stay on the object).
   for name in ("light_dir", "stripe_dir"):
@@ -144,8 +154,7 @@ def generate_batch(keys: jax.Array, *, domain: str, variant: variants.Variant,
 @functools.partial(jax.jit, static_argnames=("domain", "families"))
 def _family_ids(keys, *, domain, families):
   """(B,) family id of each key's shape, drawn as _generate_batch draws it."""
-  return jax.vmap(lambda key: DOMAINS[domain].sample(jax.random.split(key)[0], families).family)(
-      keys)
+  return jax.vmap(lambda key: _shape_and_key(key, domain, families)[0].family)(keys)
 
 
 def _check_families(domain: str, ids) -> tuple[int, ...]:
@@ -157,10 +166,32 @@ def _check_families(domain: str, ids) -> tuple[int, ...]:
                                              "num_near_points", "voxel_resolution"))
 def _generate_batch(keys, *, domain, variant, families, **sizes):
   def one(key):
-    k_shape, k_sample = jax.random.split(key)
-    shape = DOMAINS[domain].sample(k_shape, families)
-    return make_sample(shape, k_sample, variant=variant, **sizes)
+    return make_sample(*_shape_and_key(key, domain, families), variant=variant, **sizes)
   return jax.vmap(one)(keys)
+
+
+def _shape_and_key(key, domain, families):
+  """An instance's key -> (its world-frame shape, the key of make_sample)."""
+  k_shape, k_sample = jax.random.split(key)
+  return DOMAINS[domain].sample(k_shape, families), k_sample
+
+
+def instance_shape(key, *, domain, variant, families, num_points, num_normals):
+  """posed_shape of the instance that generate_batch renders from `key` (a sample_keys key) with
+  num_points = num_surface_points + num_near_points and num_normals = num_surface_points: its
+  exact unit-cube shape, e.g. to score a perfect prediction (benchmarks/metric_ceiling.py)."""
+  families = _check_families(domain, families)
+  if DOMAINS[domain].per_family_kinds:  # Rendered with its family's kinds only, as there.
+    families = (int(_family_ids(key[None], domain=domain, families=families)[0]),)
+  return _posed_instance(key, domain=domain, variant=variant, families=families,
+                         num_points=num_points, num_normals=num_normals)
+
+
+@functools.partial(jax.jit, static_argnames=("domain", "variant", "families", "num_points",
+                                             "num_normals"))
+def _posed_instance(key, *, domain, variant, families, num_points, num_normals):
+  return posed_shape(*_shape_and_key(key, domain, families), variant=variant,
+                     num_points=num_points, num_normals=num_normals)
 
 
 def sample_keys(seed: int, split: str, indices: jax.Array) -> jax.Array:
