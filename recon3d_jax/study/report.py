@@ -725,18 +725,22 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
     ax.set(xlabel="training-set size", ylabel=f"test {f_name}", title="Scaling (95% CI)")
     ax.legend()
     save(fig, "scaling.png")
-  if "table2_benchmarks" in by_name:
-    data = [d for d in by_name["table2_benchmarks"].data if d["comparison"]]
-    fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.5 * len(data)))
-    for i, d in enumerate(data):
-      c = d["comparison"]
+  # Forest: the pooled comparisons (the study's answer) first, then those per benchmark.
+  forest = [(f"pooled: {d['comparison']}", d)
+            for d in getattr(by_name.get("table1b_pairwise"), "data", []) if "diff" in d]
+  forest += [(f"{d['value']}: {d['arm']} − {d['versus']}", d["comparison"])
+             for d in getattr(by_name.get("table2_benchmarks"), "data", []) if d["comparison"]]
+  if forest:
+    fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.5 * len(forest)))
+    for i, (label, c) in enumerate(forest):
+      color = "C1" if label.startswith("pooled") else "C0"
       if "t_low" in c:  # Below 10 seeds the bootstrap alone understates the uncertainty.
-        ax.plot([c["t_low"], c["t_high"]], [i, i], color="C0", alpha=0.25, lw=6)
+        ax.plot([c["t_low"], c["t_high"]], [i, i], color=color, alpha=0.25, lw=6)
       if "low" in c:
-        ax.plot([c["low"], c["high"]], [i, i], color="C0")
-      ax.plot([c["diff"]], [i], "o", color="C0")
+        ax.plot([c["low"], c["high"]], [i, i], color=color)
+      ax.plot([c["diff"]], [i], "o", color=color)
     ax.axvline(0, color="gray", lw=1)
-    ax.set_yticks(range(len(data)), [f"{d['value']}: {d['arm']} − {d['versus']}" for d in data])
+    ax.set_yticks(range(len(forest)), [label for label, _ in forest])
     ax.invert_yaxis()
     ax.locator_params(axis="x", nbins=5)
     ax.set(xlabel=f"Δ {f_name}, 95% CI", title="Paired differences (line: bootstrap;\nband: "
