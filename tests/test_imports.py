@@ -18,7 +18,7 @@ FLOORS = {
     f"{PACKAGE}.metrics": 1, f"{PACKAGE}.mise": 1, f"{PACKAGE}.weighting": 1,
     f"{PACKAGE}.study.stats": 1, f"{PACKAGE}.sharding": 1, f"{PACKAGE}.writers": 1,
     f"{PACKAGE}.visualize": 1, f"{PACKAGE}.arms": 1, f"{PACKAGE}.config_lib": 1,
-    f"{PACKAGE}.packing": 1, f"{PACKAGE}.cli": 1,
+    f"{PACKAGE}.packing": 1, f"{PACKAGE}.cli": 1, f"{PACKAGE}.distributed": 1,
     # 2. Data: rendering datasets and loading them.
     f"{PACKAGE}.data": 2,
     # 3. What a config means.
