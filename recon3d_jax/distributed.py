@@ -107,6 +107,11 @@ def check_same_everywhere(configs, workdirs) -> None:
                                    "process")
 
 
+def value_of_process_0(value):
+  """Process 0's `value` (a JSON value) in every process: a decision one process takes for all."""
+  return json.loads(_allgather_text(json.dumps(value))[0])
+
+
 def _allgather_text(text: str) -> list[str]:
   """Every process's `text`, in process order (one all-gather of the lengths, one of the bytes)."""
   data = np.frombuffer(text.encode(), np.uint8)
