@@ -106,7 +106,7 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
     check_compatible(workdir, c, manager)
 
   # ----------------------------------------------------------------------------- data + state
-  sources = pipeline.load_sources(config.data)
+  sources = _load_sources(config.data, writes)
   seeds = sorted({c.seed for c in configs})
   stream_of = [seeds.index(c.seed) for c in configs]  # Run k reads stream stream_of[k].
   data_iters = [iter(pipeline.train_loader(
@@ -292,6 +292,14 @@ def _set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int,
   _barrier("set aside the damaged checkpoints")
   if newer:
     manager.reload()
+
+
+def _load_sources(data_config, writes: bool) -> dict:
+  """pipeline.load_sources; of several processes, process 0 first (building the dataset on first
+  use) and the others after it, so that processes sharing a data_dir never build it together."""
+  sources = pipeline.load_sources(data_config) if writes else None
+  _barrier("loaded the dataset")
+  return sources or pipeline.load_sources(data_config)
 
 
 def _barrier(name: str) -> None:
