@@ -2,8 +2,10 @@
 
 Data parallel over all devices: batches sharded over the mesh's `data` axis, state replicated
 (see sharding.py); over the devices of several processes after distributed.initialize, each
-process loading its slice of every global batch and process 0 alone writing files. The loop is one readable function; periodic actions go through `_is_time`.
-The same loop trains a pack of runs as one program (train_and_evaluate_pack, packing.py).
+process loading its slice of every global batch and process 0 alone writing files
+(docs/DESIGN.md section 13). The loop is one readable function; periodic actions go through
+`_is_time`. The same loop trains a pack of runs as one program (train_and_evaluate_pack,
+packing.py).
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
   uses the single-run step, several experiment.make_packed_train_step. Returns each run's final
   state.
   """
+  distributed.check_same_everywhere(configs, workdirs)  # First: then all processes fail alike.
   for config in configs:
     experiment.validate(config)
   if len(configs) > 1:
@@ -91,7 +94,6 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
   for workdir in workdirs:
     config_lib.check_workdir(workdir)
   config, packed = configs[0], len(configs) > 1  # The settings all runs share.
-  distributed.check_same_everywhere(configs, workdirs)
   if config.batch_size % jax.process_count():
     raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
                                  f"of the process count {jax.process_count()} (each process "

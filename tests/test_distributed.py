@@ -192,6 +192,7 @@ def test_two_processes_train_as_one_process_with_their_devices(runs):
   for a, b in zip(rows[one], rows[two]):
     np.testing.assert_allclose(b["train/loss/total"], a["train/loss/total"], rtol=1e-5)
   difference = _largest_relative_difference(_params(one), _params(two))
+  print(f"2 processes vs 1: largest relative parameter difference {difference:.2g}")
   assert difference < 1e-4, f"largest relative parameter difference {difference:.2g}"
   for split in ("validation", "test"):
     a, b = _eval_rows(one, split), _eval_rows(two, split)

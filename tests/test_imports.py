@@ -18,14 +18,14 @@ FLOORS = {
     f"{PACKAGE}.metrics": 1, f"{PACKAGE}.mise": 1, f"{PACKAGE}.weighting": 1,
     f"{PACKAGE}.study.stats": 1, f"{PACKAGE}.sharding": 1, f"{PACKAGE}.writers": 1,
     f"{PACKAGE}.visualize": 1, f"{PACKAGE}.arms": 1, f"{PACKAGE}.config_lib": 1,
-    f"{PACKAGE}.packing": 1, f"{PACKAGE}.cli": 1, f"{PACKAGE}.distributed": 1,
+    f"{PACKAGE}.packing": 1, f"{PACKAGE}.cli": 1,
     # 2. Data: rendering datasets and loading them.
     f"{PACKAGE}.data": 2,
     # 3. What a config means.
     f"{PACKAGE}.experiment": 3,
     # 4. Training and evaluating a run.
     f"{PACKAGE}.train": 4, f"{PACKAGE}.evaluate": 4, f"{PACKAGE}.cost": 4,
-    f"{PACKAGE}.baselines": 4,
+    f"{PACKAGE}.baselines": 4, f"{PACKAGE}.distributed": 4,
     # 5. Entry point and the study over many runs (study/stats, pure, sits on floor 1).
     f"{PACKAGE}.main": 5, f"{PACKAGE}.study": 5,
 }

@@ -203,4 +203,5 @@ def test_two_task_slurm_job_trains_one_run_as_two_jax_processes(tiny_config, slu
   difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
                          / max(np.max(np.abs(np.asarray(a))), np.finfo(np.float32).tiny))
                    for a, b in zip(jax.tree.leaves(reference["params"]), jax.tree.leaves(params)))
+  print(f"2-task Slurm job vs 1 process: largest relative parameter difference {difference:.2g}")
   assert difference < 1e-4, f"largest relative parameter difference {difference:.2g}"
