@@ -4,6 +4,8 @@
         --backend=local --workers=2 --pack_size=4
     python launch/sweep.py --config=configs/study/main.py --sweep_dir=/data/study --backend=slurm \
         --slurm_partition=gpu --slurm_gpus=1 --slurm_array_parallelism=32
+    python launch/sweep.py ... --backend=slurm --slurm_nodes=2 --slurm_tasks_per_node=4 \
+        --slurm_gpus=4   # Each run on 2 nodes x 4 GPUs: 8 jax.distributed processes.
     python launch/sweep.py --config=configs/study/main.py:runlocal --sweep_dir=/tmp/study --status
     python -m recon3d_jax.study.report --sweep_dir=/tmp/study
 
@@ -38,9 +40,14 @@ _BUILD_DATA = flags.DEFINE_bool("build_data", True, "Build the sweep's datasets 
 _SLURM_PARTITION = flags.DEFINE_string("slurm_partition", None, "Slurm partition.")
 _SLURM_TIME = flags.DEFINE_integer("slurm_time_min", 240, "Slurm time limit per job (minutes); "
                                    "a job that reaches it is requeued and resumes.")
-_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus", 1, "GPUs per job.")
-_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus", 8, "CPUs per job.")
-_SLURM_MEM = flags.DEFINE_integer("slurm_mem_gb", 32, "Memory per job (GB).")
+_SLURM_GPUS = flags.DEFINE_integer("slurm_gpus", 1, "GPUs per node of a job.")
+_SLURM_CPUS = flags.DEFINE_integer("slurm_cpus", 8, "CPUs per task of a job.")
+_SLURM_MEM = flags.DEFINE_integer("slurm_mem_gb", 32, "Memory per node of a job (GB).")
+_SLURM_NODES = flags.DEFINE_integer("slurm_nodes", 1, "Nodes per job.", lower_bound=1)
+_SLURM_TASKS = flags.DEFINE_integer(
+    "slurm_tasks_per_node", 1, "Tasks per node of a job: a job's nodes x tasks are the "
+    "jax.distributed processes of its runs (on GPUs: one per GPU, = --slurm_gpus).",
+    lower_bound=1)
 _SLURM_PARALLELISM = flags.DEFINE_integer("slurm_array_parallelism", 32,
                                           "Most runs of one array running at once.")
 flags.mark_flags_as_required(["config", "sweep_dir"])
@@ -69,7 +76,8 @@ def main(argv) -> None:
     executor = sweeps.slurm_executor(
         sweep_dir, partition=_SLURM_PARTITION.value, time_min=_SLURM_TIME.value,
         gpus=_SLURM_GPUS.value, cpus=_SLURM_CPUS.value, mem_gb=_SLURM_MEM.value,
-        array_parallelism=_SLURM_PARALLELISM.value)
+        array_parallelism=_SLURM_PARALLELISM.value, nodes=_SLURM_NODES.value,
+        tasks_per_node=_SLURM_TASKS.value)
     try:
       sweeps.submit_slurm(sweep_dir, executor, _PACK_SIZE.value)
     except sweeps.SubmissionError as e:

@@ -40,8 +40,8 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from recon3d_jax import (baselines, cli, config_lib, cost, experiment, losses, metrics, mise,
-                         models, sharding, visualize, writers)
+from recon3d_jax import (baselines, cli, config_lib, cost, distributed, experiment, losses,
+                         metrics, mise, models, sharding, visualize, writers)
 from recon3d_jax.data import pipeline
 
 GRID_CHUNK = 8192  # Query points per decoder call at a fixed point set (voxel centres).
@@ -268,29 +268,34 @@ def evaluate_and_write(model, params, config: ml_collections.ConfigDict, workdir
   config_lib.validate_eval(config)
   eval_dir = os.path.join(workdir, subdir)
   os.makedirs(eval_dir, exist_ok=True)
+  writes = distributed.is_writer()  # Every process of a run evaluates (train.py); one writes.
   threshold = choose_threshold(model, params, config, sources["validation"], mesh)
   logging.info("Occupancy threshold chosen on validation: %.2f", threshold)
   summary = {"threshold": threshold, "mesh_grid": mesh_grid_summary(config.eval)}
   for split in splits:
     rows, (batch, pred) = evaluate_split(model, params, config, sources[split], mesh, threshold)
-    writers.atomic_write(os.path.join(eval_dir, f"{split}.jsonl"),
-                         "".join(json.dumps(r) + "\n" for r in rows))
+    if writes:
+      writers.atomic_write(os.path.join(eval_dir, f"{split}.jsonl"),
+                           "".join(json.dumps(r) + "\n" for r in rows))
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("index", "kind")}
     summary[split] = dict(means, num_instances=len(rows))
-    visualize.save_prediction_grid(os.path.join(eval_dir, f"{split}.png"), batch, pred, threshold,
-                                   config.eval.num_picture_instances, unsupervised_heads(config))
+    if writes:
+      visualize.save_prediction_grid(os.path.join(eval_dir, f"{split}.png"), batch, pred,
+                                     threshold, config.eval.num_picture_instances,
+                                     unsupervised_heads(config))
     logging.info("%s: IoU %.4f, F@0.02 %.4f, Chamfer-L1 %.4f (n=%d); MISE evaluated %.0f of "
                  "%d grid points per instance", split, means["iou"], means["fscore@0.02"],
                  means["chamfer_l1"], len(rows), means["mise_points"],
                  summary["mesh_grid"]["grid_points"])
-  summary["baselines"] = _baselines(config, sources, eval_dir)
+  summary["baselines"] = _baselines(config, sources, eval_dir, writes)
   if config.eval.cost_repeats:
     tx = experiment.make_optimizer(config)
     summary["cost"] = cost.measure(config, model, params, mesh, tx,
                                    experiment.train_step_for(config, model, tx, mesh),
                                    repeats=config.eval.cost_repeats)
     logging.info("Cost: %s", summary["cost"])
-  writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
+  if writes:
+    writers.atomic_write(os.path.join(eval_dir, "summary.json"), json.dumps(summary, indent=2))
   return dict(summary["test"], threshold=threshold) if "test" in summary else summary
 
 
@@ -302,11 +307,13 @@ def mesh_grid_summary(eval_config: ml_collections.ConfigDict) -> dict:
               grid_points=side**3)
 
 
-def _baselines(config: ml_collections.ConfigDict, sources, eval_dir: str) -> dict:
-  """Computes (or reads the cached) baselines, writes EVAL_DIR/baselines_test.jsonl, logs one
-  line, and returns the summary.json entry."""
+def _baselines(config: ml_collections.ConfigDict, sources, eval_dir: str,
+               write_rows: bool = True) -> dict:
+  """Computes (or reads the cached) baselines, writes EVAL_DIR/baselines_test.jsonl (if
+  write_rows), logs one line, and returns the summary.json entry."""
   result = baselines.cached_baselines(sources, config)
-  baselines.write_rows(eval_dir, result)
+  if write_rows:
+    baselines.write_rows(eval_dir, result)
   baselines.log_summary(result)
   return baselines.summary(result)
 

@@ -1,8 +1,11 @@
 """Training: train_and_evaluate, the loop of a run (what its config means is experiment.py).
 
 Data parallel over all devices: batches sharded over the mesh's `data` axis, state replicated
-(see sharding.py). The loop is one readable function; periodic actions go through `_is_time`.
-The same loop trains a pack of runs as one program (train_and_evaluate_pack, packing.py).
+(see sharding.py); over the devices of several processes after distributed.initialize, each
+process loading its slice of every global batch and process 0 alone writing files
+(docs/DESIGN.md section 13). The loop is one readable function; periodic actions go through
+`_is_time`. The same loop trains a pack of runs as one program (train_and_evaluate_pack,
+packing.py).
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from recon3d_jax import (config_lib, evaluate, experiment, packing, sharding, visualize,
-                         writers)
+from recon3d_jax import (config_lib, distributed, evaluate, experiment, packing, sharding,
+                         visualize, writers)
 from recon3d_jax.data import pipeline
 
 
@@ -82,6 +86,7 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
   uses the single-run step, several experiment.make_packed_train_step. Returns each run's final
   state.
   """
+  distributed.check_same_everywhere(configs, workdirs)  # First: then all processes fail alike.
   for config in configs:
     experiment.validate(config)
   if len(configs) > 1:
@@ -89,6 +94,11 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
   for workdir in workdirs:
     config_lib.check_workdir(workdir)
   config, packed = configs[0], len(configs) > 1  # The settings all runs share.
+  if config.batch_size % jax.process_count():
+    raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
+                                 f"of the process count {jax.process_count()} (each process "
+                                 "loads an equal slice of the global batch)")
+  writes = distributed.is_writer()
   mesh = mesh or sharding.make_mesh()
   if config.batch_size % mesh.size:
     raise config_lib.ConfigError(f"config.batch_size={config.batch_size}: expected a multiple "
@@ -98,7 +108,7 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
     check_compatible(workdir, c, manager)
 
   # ----------------------------------------------------------------------------- data + state
-  sources = pipeline.load_sources(config.data)
+  sources = _load_sources(config.data, writes)
   seeds = sorted({c.seed for c in configs})
   stream_of = [seeds.index(c.seed) for c in configs]  # Run k reads stream stream_of[k].
   data_iters = [iter(pipeline.train_loader(
@@ -127,14 +137,14 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
         states[k] = experiment.init_encoder_from(states[k], configs[k].init_from, mesh)
     else:
       states[k] = restored["state"]
-      _set_aside_newer(manager, workdir, start)
+      _set_aside_newer(manager, workdir, start, writes)
       logging.info("%s: Resumed from step %d.", workdir, start)
     starts.append(start)
     # Training seconds of earlier sessions of this run: the clock continues from the restored
     # step's logged time, so time/train_s stays monotone and measures the time to reach each
     # step; the seconds after that row up to the crash are not counted, as their work is redone
     # (the rows that logged it are dropped).
-    seconds_before.append(_train_seconds_at(_truncate_metrics(workdir, start), start))
+    seconds_before.append(_train_seconds_at(_truncate_metrics(workdir, start, writes), start))
   if len(set(starts)) > 1:
     raise config_lib.ConfigError(
         f"the packed runs resume from different steps {dict(zip(workdirs, starts))}; expected "
@@ -159,7 +169,8 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
       return [tree]
     return [jax.tree.map(lambda x: x[k], tree) for k in range(len(configs))]
 
-  metric_writers = [writers.MetricWriter(w) for w in workdirs]
+  metric_writers = [writers.MetricWriter(w, enabled=writes) for w in workdirs]
+  eval_mesh, for_eval = _evaluation_placement(mesh)
   pending: list[tuple[int, dict]] = []  # Device-side stats not yet checked / written.
   loop_start = time.monotonic()
 
@@ -170,7 +181,7 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
   # ----------------------------------------------------------------------------- loop
   try:
     with tqdm(total=config.total_steps, initial=start, desc="train", unit="step",
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True, disable=not writes) as bar:
       for step in range(start + 1, config.total_steps + 1):
         state, stats = train_step(state, next_batch())
         pending.append((step, stats))
@@ -202,12 +213,13 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
                 config=ocp.args.JsonSave(json.loads(configs[k].to_json()))))
             # Written with each checkpoint, never before the first: a run that fails earlier
             # leaves no config.json that would refuse its corrected config.
-            writers.atomic_write(os.path.join(workdirs[k], "config.json"),
-                                 configs[k].to_json(indent=2))
+            if writes:
+              writers.atomic_write(os.path.join(workdirs[k], "config.json"),
+                                   configs[k].to_json(indent=2))
         if _is_time(step, config.eval_every_steps, config.total_steps):
           for k, run_state in enumerate(unpack(state)):
-            val = evaluate.validation_losses(model, run_state["params"], configs[k],
-                                             sources["validation"], mesh)
+            val = evaluate.validation_losses(model, for_eval(run_state["params"]), configs[k],
+                                             sources["validation"], eval_mesh)
             metric_writers[k].write(step, {**val, writers.TRAIN_SECONDS: train_seconds(k)})
   finally:
     for manager in managers:
@@ -217,14 +229,27 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
   # ----------------------------------------------------------------------------- final eval
   final = unpack(state)
   for k, (c, workdir, writer) in enumerate(zip(configs, workdirs, metric_writers)):
-    summary = evaluate.evaluate_and_write(model, final[k]["params"], c, workdir, sources, mesh)
+    summary = evaluate.evaluate_and_write(model, for_eval(final[k]["params"]), c, workdir,
+                                          sources, eval_mesh)
     writer.write(c.total_steps, {**{f"test/{n}": v for n, v in summary.items()
                                     if isinstance(v, (int, float))},
                                  writers.TRAIN_SECONDS: loop_seconds[k]})
     writer.close()
-    visualize.save_learning_curves(os.path.join(workdir, "eval", "learning_curves.png"),
-                                   writers.read_metrics(workdir), arm=c.arm)
+    if writes:
+      visualize.save_learning_curves(os.path.join(workdir, "eval", "learning_curves.png"),
+                                     writers.read_metrics(workdir), arm=c.arm)
   return final
+
+
+def _evaluation_placement(mesh: Mesh):
+  """(eval mesh, params -> params on it). One process: the training mesh, as they are. Several:
+  each process evaluates every instance on its own devices with the parameters fetched to host,
+  so evaluation needs no cross-process batches, every process gets the same rows and finishes
+  with its peers (none idles at the shutdown barrier), and process 0 writes them."""
+  if jax.process_count() == 1:
+    return mesh, lambda params: params
+  local = sharding.make_mesh(jax.local_devices())
+  return local, lambda params: jax.device_put(jax.device_get(params), sharding.replicated(local))
 
 
 def _raise_if_not_finite(stats: list[tuple[int, dict]], manager: ocp.CheckpointManager,
@@ -252,29 +277,48 @@ def _params_finite(params) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
 
 
-def _set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int) -> None:
+def _set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int,
+                     writes: bool = True) -> None:
   """Moves the checkpoints newer than the restored `step` (damaged ones, skipped by
   experiment.restore_newest) to WORKDIR/damaged_checkpoints, so that the resumed run can save
-  those steps again; they are kept for inspection, not deleted."""
+  those steps again; they are kept for inspection, not deleted. Of several processes, all list
+  them before the writing one moves them, and all reload after."""
   newer = [s for s in manager.all_steps() if s > step]
-  for s in newer:
+  _barrier("listed the checkpoints")
+  for s in newer if writes else []:
     target = os.path.join(workdir, "damaged_checkpoints",
                           f"{s}-{time.strftime('%Y%m%dT%H%M%S')}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(os.path.join(manager.directory, str(s)), target)
     logging.warning("Moved the damaged checkpoint of step %d to %s.", s, target)
+  _barrier("set aside the damaged checkpoints")
   if newer:
     manager.reload()
 
 
-def _truncate_metrics(workdir: str, step: int) -> list[dict]:
-  """Drops metric rows after the restored step: the resumed run rewrites them with the same
-  values (but later times). Returns the rows kept (none if there is no metrics file)."""
+def _load_sources(data_config, writes: bool) -> dict:
+  """pipeline.load_sources; of several processes, process 0 first (building the dataset on first
+  use) and the others after it, so that processes sharing a data_dir never build it together."""
+  sources = pipeline.load_sources(data_config) if writes else None
+  _barrier("loaded the dataset")
+  return sources or pipeline.load_sources(data_config)
+
+
+def _barrier(name: str) -> None:
+  """Waits for all processes of a multi-process run to get here (nothing for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _truncate_metrics(workdir: str, step: int, writes: bool = True) -> list[dict]:
+  """Drops metric rows after the restored step (if `writes`): the resumed run rewrites them with
+  the same values (but later times). Returns the rows kept (none if there is no metrics file)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   rows = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
-  writers.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  if writes:
+    writers.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
   return rows
 
 

@@ -25,13 +25,20 @@ def setup_logging() -> None:
 
 
 class MetricWriter:
-  """Appends {"step", "time", **scalars} lines to WORKDIR/metrics.jsonl and TB event files."""
+  """Appends {"step", "time", **scalars} lines to WORKDIR/metrics.jsonl and TB event files.
 
-  def __init__(self, workdir: str):
+  With enabled=False it writes nothing: the processes of a multi-process run other than 0 call
+  it as process 0 does.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
     self._path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = (tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled
+                else None)
 
   def write(self, step: int, scalars: dict) -> None:
+    if self._tb is None:
+      return
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     with open(self._path, "a") as f:
       f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
@@ -40,7 +47,8 @@ class MetricWriter:
     self._tb.flush()
 
   def close(self) -> None:
-    self._tb.close()
+    if self._tb is not None:
+      self._tb.close()
 
 
 def atomic_write(path: str, text: str) -> None:

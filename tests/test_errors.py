@@ -183,6 +183,11 @@ CASES = [
     (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.benchmark=meshes",
             "--config.data.mesh_dir={d}/meshes", "--config.data.data_dir={d}/data"],
      ["{d}/meshes"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--coordinator_address=localhost:1", "--num_processes=2"],
+     ["--coordinator_address --num_processes given without --process_id", "expected all three"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--coordinator_address=127.0.0.1:1", "--num_processes=2",
+            "--process_id=1", "--distributed_timeout_s=1"],
+     ["--coordinator_address='127.0.0.1:1'", "no coordinator reachable after 1 s"]),
     # python -m recon3d_jax.evaluate
     (EVALUATE, [], ["expected --workdir=DIR"]),
     (EVALUATE, ["--workdir={d}/w2"], ["'{d}/w2' has no config.json"]),

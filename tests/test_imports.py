@@ -25,7 +25,7 @@ FLOORS = {
     f"{PACKAGE}.experiment": 3,
     # 4. Training and evaluating a run.
     f"{PACKAGE}.train": 4, f"{PACKAGE}.evaluate": 4, f"{PACKAGE}.cost": 4,
-    f"{PACKAGE}.baselines": 4,
+    f"{PACKAGE}.baselines": 4, f"{PACKAGE}.distributed": 4,
     # 5. Entry point and the study over many runs (study/stats, pure, sits on floor 1).
     f"{PACKAGE}.main": 5, f"{PACKAGE}.study": 5,
 }

@@ -170,3 +170,38 @@ def test_requeued_slurm_job_resumes_to_the_uninterrupted_result(tiny_config, slu
     assert (workdir / "eval" / name).read_text() == (
         reference / "runs" / rid / "eval" / name).read_text(), name
   assert "done: 1, running: 0, failed: 0, pending: 0" in _status(slurm, spec, requeued)
+
+
+@pytest.mark.slow
+def test_two_task_slurm_job_trains_one_run_as_two_jax_processes(tiny_config, slurm, tmp_path):
+  """--slurm_tasks_per_node=2: the job's two tasks start jax.distributed from Slurm's environment
+  and train the run as two processes of one CPU device each, to the parameters of the same run
+  trained here as one process on 2 devices (float32 tolerance: the all-reduce order differs)."""
+  import jax
+  import numpy as np
+
+  from recon3d_jax import experiment, sharding, train
+  run = {"arm": "normal", "seed": 0}
+  rid = sweeps.run_id(run)
+  spec = _study(tmp_path / "study.py", [run], tiny_config.data.data_dir)
+  sweep_dir = tmp_path / "sweep"
+  env = dict(slurm.env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  launcher = _launch(spec, sweep_dir, *SLURM_FLAGS, "--slurm_tasks_per_node=2", env=env)
+  output = launcher.communicate(timeout=300)[0]
+  assert launcher.returncode == 0, output
+  _drain(slurm)
+  (job,) = [name for name in os.listdir(sweep_dir / "slurm") if name[0].isdigit()]
+  logs = [(sweep_dir / "slurm" / job / f"{job}_{task}_log.err").read_text() for task in (0, 1)]
+  assert "Starting jax.distributed from Slurm: task 0 of 2." in logs[0], logs[0][-3000:]
+  assert (sweep_dir / "runs" / rid / sweeps.DONE).exists(), logs[0][-3000:]
+  assert [r["JobState"] for r in slurm.completions() if r["JobId"] == job] == ["COMPLETED"]
+
+  config = sweeps.run_config(sweeps.read_manifest(str(sweep_dir)), rid, str(sweep_dir))
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"),
+                                       sharding.make_mesh(jax.devices()[:2]))
+  _, params, _ = experiment.load(str(sweep_dir / "runs" / rid))
+  difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
+                         / max(np.max(np.abs(np.asarray(a))), np.finfo(np.float32).tiny))
+                   for a, b in zip(jax.tree.leaves(reference["params"]), jax.tree.leaves(params)))
+  print(f"2-task Slurm job vs 1 process: largest relative parameter difference {difference:.2g}")
+  assert difference < 1e-4, f"largest relative parameter difference {difference:.2g}"

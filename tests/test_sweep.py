@@ -256,6 +256,46 @@ def test_slurm_submission_has_array_cap_requeue_and_dependency(tmp_path):
   assert f"#SBATCH --dependency=afterany:{jobs[0].job_id.split('_')[0]}" in second
 
 
+def test_slurm_submission_of_multi_process_runs_has_nodes_and_tasks(tmp_path):
+  _fake_sweep(tmp_path, [{"arm": "normal", "seed": 0}])
+  mock = test_core.MockedSubprocess(known_cmds=["srun"])
+  with mock.context():
+    executor = sweeps.slurm_executor(str(tmp_path), partition="gpu", time_min=60, gpus=4,
+                                     cpus=4, mem_gb=16, array_parallelism=2, nodes=2,
+                                     tasks_per_node=4)
+    jobs = sweeps.submit_slurm(str(tmp_path), executor)
+  text = submitit.SlurmJob(tmp_path / "slurm" / "%j", jobs[0].job_id.split("_")[0]
+                           ).paths.submission_file.read_text()
+  for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+               "#SBATCH --cpus-per-task=4"):
+    assert line in text, text
+  assert "srun" in text  # The tasks are started by srun: Slurm's environment per process.
+
+
+def test_only_process_0_of_a_multi_process_pack_writes_markers(tmp_path, monkeypatch):
+  """Every process trains the runs process 0 claimed; process 1 takes no lock and writes no
+  DONE (process 0's claim reaches it through distributed.value_of_process_0)."""
+  from recon3d_jax import distributed, train
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: calls.append(workdir))
+  run = {"arm": "normal", "seed": 0}
+  _fake_sweep(tmp_path, [run])
+  rid, workdir = sweeps.run_id(run), sweeps.run_dir(str(tmp_path), sweeps.run_id(run))
+  monkeypatch.setattr(distributed, "value_of_process_0", lambda value: {})  # Nothing claimed.
+  locks = []
+  real_acquire = sweeps.RunLock.acquire
+  monkeypatch.setattr(sweeps.RunLock, "acquire",
+                      lambda self: locks.append(self.path) or real_acquire(self))
+  assert sweeps.run_pack(str(tmp_path), [rid], process_index=1, process_count=2) == {
+      rid: "done"}
+  assert calls == [workdir] and locks == []
+  assert not os.path.exists(os.path.join(workdir, sweeps.DONE))
+  assert sweeps.run_pack(str(tmp_path), [rid], process_index=0, process_count=2) == {
+      rid: "done"}
+  assert calls == [workdir] * 2 and locks == [os.path.join(workdir, sweeps.LOCK)]
+  assert os.path.exists(os.path.join(workdir, sweeps.DONE))
+
+
 @pytest.mark.parametrize("name", ["main", "levels", "scaling", "architectures", "overhead",
                                   "ablation", "negatives"])
 def test_every_study_config_expands_to_valid_runs_at_both_scales(name):

@@ -1,4 +1,4 @@
-"""Input pipeline: TFDS data source -> grain (shuffle, per-process shard, sample points, batch).
+"""Input pipeline: TFDS data source -> grain (shuffle, per-process slice, sample points, batch).
 
 Training batches (per process, B = global batch / process count, M = points_per_step):
   image (B,H,W,3) float32 in [0,1]; depth (B,H,W); normal (B,H,W,3); mask (B,H,W) float32;
@@ -219,10 +219,38 @@ class CurriculumSampler:
                                 rng=np.random.Generator(np.random.Philox(key=self.seed + index)))
 
 
+class ProcessSlice:
+  """Grain sampler: this process's draws of `sampler`, whose draws form global batches of
+  `global_batch` in order. Process p of P reads rows [p*b, (p+1)*b) of each, b = global_batch / P:
+  its draw i is the global draw (i // b) * global_batch + p * b + i % b, with that draw's record
+  and random generator, so the processes' batches together are the one-process global batch,
+  point sampling included."""
+
+  def __init__(self, sampler, global_batch: int, process_index: int, process_count: int):
+    self.sampler = sampler
+    self.global_batch = global_batch
+    self.process_index = process_index
+    self.process_count = process_count
+
+  def __len__(self) -> int:
+    return sys.maxsize  # Training samplers are infinite.
+
+  def __repr__(self) -> str:
+    # Grain's checkpointed state records it: a process refuses another process's loader state.
+    return (f"ProcessSlice({self.sampler!r}, global_batch={self.global_batch}, "
+            f"process={self.process_index}/{self.process_count})")
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    local = self.global_batch // self.process_count
+    return self.sampler[(index // local) * self.global_batch + self.process_index * local
+                        + index % local]
+
+
 def train_loader(source, *, global_batch_size: int, points_per_step: int, seed: int,
                  supervision: str = CLEAN, max_level: str = "", curriculum: bool = False,
                  total_steps: int | None = None) -> grain.DataLoader:
-  """Infinite shuffled loader over `source`, sharded over JAX processes.
+  """Infinite shuffled loader over `source`; each JAX process loads its slice of every global
+  batch (`ProcessSlice`).
 
   supervision: quality of the 2.5D training targets (see `parse_supervision`); instance levels
   are drawn once from `seed`. max_level: drop instances above this level. curriculum: easy to
@@ -238,8 +266,9 @@ def train_loader(source, *, global_batch_size: int, points_per_step: int, seed: 
                      f"{process_count} JAX processes")
   if max_level:
     source = SubsetSource(source, _positions_at_most(source, levels, max_level))
-  shard = grain.ShardOptions(shard_index=jax.process_index(), shard_count=process_count,
-                             drop_remainder=True)
+  # One global order of draws for any process count; ProcessSlice gives each process its part.
+  # (Grain's per-process sharding would give each process a different shuffle of its records.)
+  shard = grain.ShardOptions(shard_index=0, shard_count=1, drop_remainder=True)
   if curriculum:
     if total_steps is None:
       raise ValueError("a curriculum needs total_steps to pace its stages")
@@ -248,6 +277,8 @@ def train_loader(source, *, global_batch_size: int, points_per_step: int, seed: 
   else:
     sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
                                  num_epochs=None, seed=seed)
+  if process_count > 1:
+    sampler = ProcessSlice(sampler, global_batch_size, jax.process_index(), process_count)
   return grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=0, shard_options=shard,
       operations=[TrainExample(points_per_step, levels),

@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from recon3d_jax.geometry import vec
 
@@ -336,7 +337,9 @@ def is_exact(kinds) -> bool:
 
 # Valid sizes for every kind. Under vmap, lax.switch evaluates all branches and
 # selects; the unselected ones get these sizes so their gradients stay finite.
-_SAFE_PARAMS = jnp.array([
+# numpy, not jnp: an array at import would start JAX's backend before
+# jax.distributed.initialize can run.
+_SAFE_PARAMS = np.array([
     [0.5, 0.0, 0.0, 0.0],
     [0.5, 0.5, 0.5, 0.0],
     [0.5, 0.5, 0.5, 0.1],
@@ -346,7 +349,7 @@ _SAFE_PARAMS = jnp.array([
     [0.5, 0.5, 0.0, 0.0],
     [0.5, 0.5, 0.5, 0.0],
     [0.5, 0.5, 0.5, 2.0],
-], jnp.float32)
+], np.float32)
 
 
 # ------------------------------------------------------- support functions

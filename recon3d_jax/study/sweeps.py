@@ -387,19 +387,23 @@ def mark_failed(sweep_dir: str, rid: str, message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Executing one run (inside a worker: a spawned process or a Slurm job).
 # ---------------------------------------------------------------------------------------------
-def run_pack(sweep_dir: str, rids: Sequence[str]) -> dict[str, str]:
+def run_pack(sweep_dir: str, rids: Sequence[str], process_index: int = 0,
+             process_count: int = 1) -> dict[str, str]:
   """Runs (or resumes) runs `rids` as one pack (train.train_and_evaluate_pack; one run alone
   through train.train_and_evaluate). Returns id -> "done", "skipped" (already done), "locked"
   (another attempt is live), "blocked" (a dependency is not done) or "failed" (ERROR written).
 
   Runs that are done, locked or blocked drop out and the others train. Never raises for a
-  failure of the runs themselves: the traceback goes to each WORKDIR/ERROR.
+  failure of the runs themselves: the traceback goes to each WORKDIR/ERROR. The processes of a
+  multi-process job (after distributed.initialize) all call it: process 0 alone takes the locks
+  and writes DONE and ERROR, and all train the runs it chose.
   """
   results: dict[str, str] = {}
   locks: list[RunLock] = []
+  writer = process_index == 0
   try:
     manifest = read_manifest(sweep_dir)
-    for rid in rids:
+    for rid in rids if writer else []:
       workdir = run_dir(sweep_dir, rid)
       if os.path.exists(os.path.join(workdir, DONE)):
         results[rid] = "skipped"
@@ -421,17 +425,22 @@ def run_pack(sweep_dir: str, rids: Sequence[str]) -> dict[str, str]:
                       f"{run_state(sweep_dir, dep)}, expected done")
           results[rid] = "blocked"
           break
+    if process_count > 1:
+      from recon3d_jax import distributed  # pylint: disable=import-outside-toplevel
+      results = distributed.value_of_process_0(results)
     todo = [rid for rid in rids if rid not in results]
     if todo:
-      results.update(_train(sweep_dir, manifest, todo))
+      results.update(_train(sweep_dir, manifest, todo, writer))
     return results
   finally:
     for lock in locks:
       lock.release()
 
 
-def _train(sweep_dir: str, manifest: dict, rids: list[str]) -> dict[str, str]:
-  """Trains runs `rids` (locked, not done) together; writes DONE or ERROR for each."""
+def _train(sweep_dir: str, manifest: dict, rids: list[str], writer: bool = True
+           ) -> dict[str, str]:
+  """Trains runs `rids` (locked, not done) together; writes DONE or ERROR for each (if
+  `writer`)."""
   configs = [run_config(manifest, rid, sweep_dir) for rid in rids]
   workdirs = [run_dir(sweep_dir, rid) for rid in rids]
   start = time.time()
@@ -444,10 +453,10 @@ def _train(sweep_dir: str, manifest: dict, rids: list[str]) -> dict[str, str]:
   except Exception as e:  # pylint: disable=broad-except
     logging.exception("Run(s) %s failed.", rids)
     packed = f" (packed with {rids})" if len(rids) > 1 else ""
-    for rid in rids:  # The exception first: the line that --status and the report show.
+    for rid in rids if writer else []:  # The exception first: what --status and report show.
       mark_failed(sweep_dir, rid, f"{type(e).__name__}: {e}{packed}\n\n{traceback.format_exc()}")
     return dict.fromkeys(rids, "failed")
-  for workdir in workdirs:
+  for workdir in workdirs if writer else []:
     writers.atomic_write(os.path.join(workdir, DONE), json.dumps(dict(
         host=socket.gethostname(), finished=time.time(), attempt_s=time.time() - start,
         packed_with=len(rids))))
@@ -628,12 +637,19 @@ class SlurmRun:
 
   def __call__(self, pack: str | Sequence[str]) -> str:
     share_compilation_cache(self.sweep_dir)  # Takes effect if JAX is not imported yet.
-    from recon3d_jax import writers  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    import jax
+
+    from recon3d_jax import distributed, writers
     writers.setup_logging()
-    results = run_pack(self.sweep_dir, [pack] if isinstance(pack, str) else list(pack))
+    distributed.initialize()  # A job of several tasks: they are the processes of its runs.
+    results = run_pack(self.sweep_dir, [pack] if isinstance(pack, str) else list(pack),
+                       jax.process_index(), jax.process_count())
     bad = {rid: r for rid, r in results.items() if r in ("failed", "blocked")}
     if bad:  # The job fails too, so Slurm agrees with --status.
       rid, result = next(iter(bad.items()))
+      if not distributed.is_writer():  # Process 0 writes the ERROR file and raises with it.
+        raise RuntimeError(f"run {rid} {result} (process 0's error says why)")
       with open(os.path.join(run_dir(self.sweep_dir, rid), ERROR)) as f:
         raise RuntimeError(f"run {rid} {result}:\n{f.read()}")
     return results[pack] if isinstance(pack, str) else ",".join(results.values())
@@ -644,15 +660,23 @@ class SlurmRun:
 
 
 def slurm_executor(sweep_dir: str, *, partition: str | None, time_min: int, gpus: int,
-                   cpus: int, mem_gb: int, array_parallelism: int):
+                   cpus: int, mem_gb: int, array_parallelism: int, nodes: int = 1,
+                   tasks_per_node: int = 1):
   """A submitit Slurm executor for SWEEP_DIR/slurm: job arrays capped at `array_parallelism`
-  running tasks, USR2 `signal_delay_s` before the time limit so a job checkpoints and requeues."""
+  running tasks, USR2 `signal_delay_s` before the time limit so a job checkpoints and requeues.
+
+  A job of `nodes` x `tasks_per_node` tasks runs each pack as that many jax.distributed
+  processes (SlurmRun); `gpus` and `mem_gb` are per node, `cpus` per task. JAX's Slurm
+  detection gives each task the GPU numbered by its SLURM_LOCALID, so on GPUs tasks_per_node
+  = gpus.
+  """
   import submitit  # pylint: disable=import-outside-toplevel
   executor = submitit.AutoExecutor(folder=os.path.join(sweep_dir, "slurm", "%j"),
                                    cluster="slurm")
   executor.update_parameters(
       name="recon3d_sweep", timeout_min=time_min, gpus_per_node=gpus, cpus_per_task=cpus,
       mem_gb=mem_gb, slurm_array_parallelism=array_parallelism, slurm_signal_delay_s=120,
+      nodes=nodes, tasks_per_node=tasks_per_node,
       **({"slurm_partition": partition} if partition else {}))
   return executor
 
