@@ -44,7 +44,7 @@ def get_config(arg=None):
       encoder=arg.encoder, encoder_width=32, code_dim=128, head_width=32,
       decoder="occupancy",  # occupancy (implicit, at query points) | voxel (32^3 grid).
       # The occupancy decoder also reads the 2.5D head's features under each point's pixel:
-      # it learns shape much faster (benchmarks/RESULTS.md, "Recipe search").
+      # it learns shape much faster (benchmarks/RESULTS.md, "Recipe").
       pixel_aligned=True,
       decoder_hidden=128, decoder_blocks=3,
       decoder_frequencies=0)  # Octaves of Fourier features of the query points (0: raw xyz).

@@ -41,7 +41,7 @@ def get_config(arg, supervision: str = "clean"):
   c.data.supervision = supervision
   if arg.runlocal:
     # The smallest recipe found to reconstruct beyond recognition on this CPU (test IoU at least
-    # 0.15 over mean_shape; benchmarks/RESULTS.md, "Study-scale recipe"): 32 px, 2,000 shapes,
+    # 0.15 over mean_shape; benchmarks/RESULTS.md, "Recipe"): 32 px, 2,000 shapes,
     # 1,500 steps of 16.
     c.data.update(image_size=32, num_train=2000, num_validation=32, num_test=100,
                   points_per_step=256)
