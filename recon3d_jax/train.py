@@ -201,6 +201,13 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
               writer.write(last_step, {**{f"train/{n}": v for n, v in last[k].items()},
                                        writers.TRAIN_SECONDS: train_seconds(k)})
             bar.set_postfix(loss=f"{float(last[0]['loss/total']):.4f}")
+        # Validation before the checkpoint of the same step: a checkpoint at `step` then means
+        # that every row of `step` is written, so a run resumed from it misses none.
+        if _is_time(step, config.eval_every_steps, config.total_steps):
+          for k, run_state in enumerate(unpack(state)):
+            val = evaluate.validation_losses(model, for_eval(run_state["params"]), configs[k],
+                                             sources["validation"], eval_mesh)
+            metric_writers[k].write(step, {**val, writers.TRAIN_SECONDS: train_seconds(k)})
         if save_now:
           for k, run_state in enumerate(unpack(state)):
             if not bool(_params_finite(run_state["params"])):  # A finite loss can still blow
@@ -216,11 +223,6 @@ def train_and_evaluate_pack(configs: Sequence[ml_collections.ConfigDict], workdi
             if writes:
               writers.atomic_write(os.path.join(workdirs[k], "config.json"),
                                    configs[k].to_json(indent=2))
-        if _is_time(step, config.eval_every_steps, config.total_steps):
-          for k, run_state in enumerate(unpack(state)):
-            val = evaluate.validation_losses(model, for_eval(run_state["params"]), configs[k],
-                                             sources["validation"], eval_mesh)
-            metric_writers[k].write(step, {**val, writers.TRAIN_SECONDS: train_seconds(k)})
   finally:
     for manager in managers:
       manager.wait_until_finished()  # Whatever stops the loop, in-flight checkpoints complete.
@@ -311,12 +313,14 @@ def _barrier(name: str) -> None:
 
 
 def _truncate_metrics(workdir: str, step: int, writes: bool = True) -> list[dict]:
-  """Drops metric rows after the restored step (if `writes`): the resumed run rewrites them with
-  the same values (but later times). Returns the rows kept (none if there is no metrics file)."""
+  """Drops metric rows after the restored step, and the final test row (if `writes`): the resumed
+  run rewrites them with the same values (but later times). Returns the rows kept (none if there
+  is no metrics file)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  rows = [r for r in writers.read_metrics(workdir) if r["step"] <= step]
+  rows = [r for r in writers.read_metrics(workdir)
+          if r["step"] <= step and not any(k.startswith("test/") for k in r)]
   if writes:
     writers.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
   return rows

@@ -17,14 +17,15 @@ import pytest  # noqa: E402
 import slurm_cluster  # noqa: E402  (tests/, on sys.path beside this conftest)
 
 
-def crash_metric_writes_at(monkeypatch, step: int) -> None:
-  """Makes writing the metrics row of `step` raise KeyboardInterrupt: a crash mid-run, after the
-  checkpoints before it (undo with monkeypatch.undo())."""
+def crash_metric_writes_at(monkeypatch, step: int, prefix: str = "") -> None:
+  """Makes writing the metrics row of `step` (the first whose keys start with `prefix`) raise
+  KeyboardInterrupt: a crash mid-run, after the checkpoints before it (undo with
+  monkeypatch.undo())."""
   from recon3d_jax import writers
   original_write = writers.MetricWriter.write
 
   def write(self, at, scalars):
-    if at == step:
+    if at == step and any(k.startswith(prefix) for k in scalars):
       raise KeyboardInterrupt("simulated crash")
     original_write(self, at, scalars)
 
