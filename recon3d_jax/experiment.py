@@ -81,6 +81,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(bool(config.data.data_dir),
            f"config.data.data_dir={config.data.data_dir!r}: expected the folder of the datasets "
            "(e.g. ./data_dir; built there on first use)")
+  data_dir = config.data.data_dir
+  _require(not os.path.lexists(data_dir) or os.path.isdir(data_dir),
+           f"config.data.data_dir={data_dir!r}: "
+           + (f"a broken symbolic link to {os.readlink(data_dir)!r}" if os.path.islink(data_dir)
+              else "not a folder") + "; expected the folder of the datasets (or a link to one)")
   _require(config.data.on_bad_mesh in ("fail", "skip"),
            f"config.data.on_bad_mesh={config.data.on_bad_mesh!r}: expected 'fail' or 'skip'")
   _require(not config.data.mesh_dir or os.path.isdir(config.data.mesh_dir),

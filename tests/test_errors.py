@@ -104,6 +104,7 @@ def files(tmp_path_factory):
   (d / "meshes").mkdir()
   (d / "meshes" / "x.obj").write_text("not a mesh\n")
   (d / "a_file").write_text("")
+  (d / "dangling").symlink_to(d / "gone")
   _finished_sweep(d / "sweep")
   return d
 
@@ -168,6 +169,10 @@ CASES = [
      ["(0.5, 1.5)", "in (0, 1)"]),
     (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.data_dir="],
      ["config.data.data_dir=''", "expected the folder"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.data_dir={d}/dangling"],
+     ["config.data.data_dir='{d}/dangling': a broken symbolic link to '{d}/gone'"]),
+    (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.data_dir={d}/a_file"],
+     ["config.data.data_dir='{d}/a_file': not a folder"]),
     (MAIN, [CONFIG, "--workdir={d}/w", "--config.optimizer.warmup_steps=8"],
      ["config.optimizer.warmup_steps=8", "expected 0 <= warmup_steps < total_steps=8"]),
     (MAIN, [CONFIG, "--workdir={d}/w", "--config.data.mesh_dir={d}/nowhere"],
