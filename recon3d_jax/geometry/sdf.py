@@ -418,7 +418,7 @@ def _switch(shape: Shape, fns, x, kinds=ALL_KINDS):
     groups.setdefault(fns[k][0], []).append(k)
 
   def branch(fn, members):
-    params = fns[members[0]][1](_SAFE_PARAMS[members[0]])
+    params = fns[members[0]][1](jnp.asarray(_SAFE_PARAMS[members[0]]))
     for k in members:
       params = jnp.where(shape.kind == k, fns[k][1](shape.params), params)
     return lambda x: fn(x, params)
