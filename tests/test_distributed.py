@@ -53,8 +53,20 @@ def _finish(popens, workdir) -> list[tuple[int, str]]:
   return results
 
 
+# XLA's CPU gloo collectives wait a fixed 30 s for the peers of a new communicator (not
+# configurable in JAX 0.10.2): on a loaded CI machine one process can fall that far behind.
+# An attempt that ended so is an environment failure, and is tried once more.
+GLOO_TIMEOUT = "Gloo context initialization failed: DEADLINE_EXCEEDED"
+
+
+def _gloo_timed_out(results) -> bool:
+  return any(code != 0 and GLOO_TIMEOUT in output for code, output in results)
+
+
 def _train(workdir, config, processes, devices, *flags):
   results = _finish(_start(workdir, config, processes, devices, *flags), workdir)
+  if _gloo_timed_out(results):  # The same command resumes from the last checkpoint.
+    results = _finish(_start(workdir, config, processes, devices, *flags), workdir)
   for code, output in results:
     assert code == 0, output[-3000:]
   return results
@@ -221,13 +233,17 @@ def test_a_killed_process_resumes_to_the_uninterrupted_parameters(runs, built, t
   _, two = runs
   workdir = str(tmp_path / "killed")
   flags = ("--config.checkpoint_every_steps=2",)
-  popens = _start(workdir, built, 2, 2, *flags)
   checkpoint = os.path.join(workdir, "checkpoints", "2")
-  while not os.path.isdir(checkpoint) and all(p.poll() is None for p in popens):
-    time.sleep(0.05)
-  for p in reversed(popens):
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+  for attempt in range(2):
+    popens = _start(workdir, built, 2, 2, *flags)
+    while not os.path.isdir(checkpoint) and all(p.poll() is None for p in popens):
+      time.sleep(0.05)
+    for p in reversed(popens):
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+    if os.path.isdir(checkpoint) or attempt or not _gloo_timed_out(_finish(popens, workdir)):
+      break
+    shutil.rmtree(workdir)
   assert os.path.isdir(checkpoint), _finish(popens, workdir)
   assert not os.path.isdir(os.path.join(workdir, "checkpoints", "8")), "ended before the kill"
   results = _train(workdir, built, 2, 2, *flags)
