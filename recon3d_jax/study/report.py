@@ -734,7 +734,8 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.5 * len(forest)))
     for i, (label, c) in enumerate(forest):
       color = "C1" if label.startswith("pooled") else "C0"
-      if "t_low" in c:  # Below 10 seeds the bootstrap alone understates the uncertainty.
+      if "t_low" in c and c["n"] < stats.SMALL_N:  # As the tables: the bootstrap alone
+        # understates the uncertainty of few seeds.
         ax.plot([c["t_low"], c["t_high"]], [i, i], color=color, alpha=0.25, lw=6)
       if "low" in c:
         ax.plot([c["low"], c["high"]], [i, i], color=color)
@@ -744,7 +745,7 @@ def plot(tables: list[Table], out: str, f_name: str) -> list[str]:
     ax.invert_yaxis()
     ax.locator_params(axis="x", nbins=5)
     ax.set(xlabel=f"Δ {f_name}, 95% CI", title="Paired differences (line: bootstrap;\nband: "
-           "t-interval, below 10 seeds)")
+           f"t-interval, below {stats.SMALL_N} seeds)")
     save(fig, "forest.png")
   return written
 
