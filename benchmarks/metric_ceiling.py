@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from recon3d_jax import evaluate, metrics, mise  # noqa: E402
+from recon3d_jax import evaluate, metrics  # noqa: E402
 from recon3d_jax.data import builder, pipeline, synth  # noqa: E402
 from recon3d_jax.geometry import csg, groundtruth  # noqa: E402
 
@@ -77,9 +77,7 @@ def score(config, benchmark: str, pred_points: list[int]) -> list[dict]:
     def occupancy(p, shape=shape):
       return np.asarray(jax.nn.sigmoid(-sdf(shape, jnp.asarray(p[0])) / SDF_SCALE))[None]
 
-    resolution0 = config.eval.mise_resolution0
-    grid, _ = mise.extract_grid(occupancy, 1, 0.5, resolution0, config.eval.mise_upsampling_steps,
-                                chunk=min(evaluate.MISE_CHUNK, (resolution0 + 1)**3))
+    grid, _ = evaluate.mise_grids(occupancy, 1, 0.5, config.eval)
     vertices, faces = metrics.mesh_from_occupancy(grid[0], 0.5)
     rng = np.random.default_rng([config.seed, int(record["index"])])
     for n in pred_points:

@@ -164,14 +164,22 @@ def occupancy_fn(members, batch: dict, mesh) -> mise.OccupancyFn:
 
 def mesh_grids(members, batch: dict, mesh, threshold: float,
                eval_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-  """(n,R,R,R) occupancy grids of the batch for marching cubes at `threshold`, by MISE with
-  eval.mise_resolution0 and eval.mise_upsampling_steps (0: the dense grid), and (n,) the points
-  evaluated per instance (per member). members: as in `occupancy_fn`."""
+  """(n,R,R,R) occupancy grids of the batch for marching cubes at `threshold` and (n,) the points
+  evaluated per instance (per member): `mise_grids` of the model's occupancy. members: as in
+  `occupancy_fn`."""
+  return mise_grids(occupancy_fn(members, batch, mesh), len(batch["image"]), threshold,
+                    eval_config)
+
+
+def mise_grids(fn: mise.OccupancyFn, batch_size: int, threshold: float,
+               eval_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """mise.extract_grid of any occupancy function as the evaluation meshes predictions: with
+  eval.mise_resolution0 and eval.mise_upsampling_steps (0: the dense grid)."""
   resolution0 = eval_config.mise_resolution0
   # One fixed query shape; no bigger than the coarse grid, so tiny grids are not mostly padding.
   chunk = min(MISE_CHUNK, (resolution0 + 1)**3)
-  return mise.extract_grid(occupancy_fn(members, batch, mesh), len(batch["image"]), threshold,
-                           resolution0, eval_config.mise_upsampling_steps, chunk=chunk)
+  return mise.extract_grid(fn, batch_size, threshold, resolution0,
+                           eval_config.mise_upsampling_steps, chunk=chunk)
 
 
 # ---------------------------------------------------------------------------------------------
